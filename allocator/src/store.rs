@@ -1,0 +1,974 @@
+//! The allocator proper: reservations in etcd by compare-and-swap.
+//!
+//! One attachment's reservation is four keys written and deleted together in one transaction —
+//! the IP key, the MAC key (when a MAC is reserved), the owner index and the node index — all
+//! holding the same JSON [`Record`]. Creation is guarded by `create_revision == 0` on each key, so
+//! either all appear or none. Because the four keys are always written together they share one
+//! `mod_revision`, which later updates and deletes compare against.
+//!
+//! Finding a free address never reads a whole pool: a random window of a few dozen addresses is
+//! read with point lookups in one transaction, a free one is picked at random and claimed by CAS.
+//! At 90 % occupancy a 48-address window still has a free address with probability 1 - 0.9^48.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
+};
+use tokio::sync::Mutex;
+
+use crate::addr::{AddrSet, MacAddr};
+use crate::error::{invalid, Error};
+use crate::etcd::EtcdConfig;
+use crate::keys::{Keys, SCHEMA_VERSION};
+use crate::model::{
+    IpRequest, MacPool, MacPoolConfig, MacRequest, Mirrored, Owner, Record, Reservation, State,
+    Subnet, SubnetConfig,
+};
+
+/// Tunables of the allocator. The defaults suit the plugin.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Life of a pending reservation's lease: an ADD that dies leaves nothing once it has passed.
+    pub pending_ttl: Duration,
+    /// Addresses read per IP window.
+    pub ip_window: u32,
+    /// Addresses read per MAC window. IP window + MAC window + 1 must stay within etcd's
+    /// `--max-txn-ops` (128 by default), as both are read in one transaction.
+    pub mac_window: u32,
+    /// Pools with at most this many windows are swept completely before reporting exhaustion.
+    pub full_sweep_windows: u32,
+    /// Random windows sampled in a larger pool before counting its reservations.
+    pub sampled_windows: u32,
+    /// Compare-and-swap attempts before [`Error::RetriesExhausted`].
+    pub max_attempts: u32,
+    /// Upper bound on one etcd call, on top of the client's own timeout.
+    pub request_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            pending_ttl: Duration::from_secs(60),
+            ip_window: 48,
+            mac_window: 32,
+            full_sweep_windows: 64,
+            sampled_windows: 8,
+            max_attempts: 100,
+            request_timeout: Duration::from_secs(6),
+        }
+    }
+}
+
+/// What [`Allocator::release`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// The owner's reservation was deleted.
+    Freed(Record),
+    /// Nothing is held for that pod UID + ifname.
+    NotHeld,
+    /// The attachment is held by another container of the same pod UID: nothing was freed.
+    Stale(Record),
+}
+
+/// Reservation counts of one subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// IP keys of the subnet (pending and committed, static ones outside the ranges included).
+    pub used: u128,
+    /// Allocatable addresses of the ranges.
+    pub capacity: u128,
+    /// `capacity - used`, not below zero.
+    pub free: u128,
+}
+
+/// A lease shared by the pending reservations of one allocator, as etcd's concurrency sessions
+/// share one: granted lazily, replaced when too little of its life is left for a commit.
+struct PendingLease {
+    id: i64,
+    granted: Instant,
+}
+
+/// Handle to the reservations under one prefix. Cheap to clone; clones share the connection and
+/// the pending lease.
+#[derive(Clone)]
+pub struct Allocator {
+    client: Client,
+    keys: Keys,
+    opts: Options,
+    lease: Arc<Mutex<Option<PendingLease>>>,
+}
+
+/// One of a transaction's responses as a get response's key-values.
+fn kvs_of(resp: &TxnOpResponse) -> &[KeyValue] {
+    match resp {
+        TxnOpResponse::Get(g) => g.kvs(),
+        _ => &[],
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, Error> {
+    serde_json::from_slice(kv.value()).map_err(|e| Error::Corrupt {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        reason: format!("value does not decode: {e}"),
+    })
+}
+
+fn keys_only() -> Option<GetOptions> {
+    Some(GetOptions::new().with_keys_only())
+}
+
+/// RFC 3339 UTC timestamp, seconds precision (civil-from-days, proleptic Gregorian).
+pub(crate) fn rfc3339_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The order in which windows of a pool are visited during one attempt: consecutive windows from
+/// a random start, so that a sweep covers each window once.
+struct Windows {
+    total: u128,
+    next: u128,
+    visited: u128,
+}
+
+impl Windows {
+    fn new(set: &AddrSet, size: u32) -> Self {
+        let total = set.window_count(u128::from(size));
+        let next = if total == 0 { 0 } else { fastrand::u128(0..total) };
+        Windows {
+            total,
+            next,
+            visited: 0,
+        }
+    }
+
+    fn advance(&mut self) -> Option<u128> {
+        if self.visited >= self.total {
+            return None;
+        }
+        let k = self.next;
+        self.next = (self.next + 1) % self.total;
+        self.visited += 1;
+        Some(k)
+    }
+}
+
+/// Candidate IPs of a window with their keys.
+fn ip_window(keys: &Keys, subnet: &Subnet, k: u128, size: u32) -> Vec<(IpAddr, String)> {
+    let like = subnet.cidr.ip();
+    subnet
+        .pool()
+        .window(k, u128::from(size))
+        .map(|x| {
+            let ip = crate::addr::u128_to_ip(x, like);
+            (ip, keys.ip(&subnet.name, ip))
+        })
+        .collect()
+}
+
+fn mac_window(keys: &Keys, pool: &MacPool, k: u128, size: u32) -> Vec<(MacAddr, String)> {
+    pool.set()
+        .window(k, u128::from(size))
+        .map(|x| {
+            let mac = MacAddr::from_u64(x as u64);
+            (mac, keys.mac(mac))
+        })
+        .collect()
+}
+
+/// Picks a random candidate whose key was absent from the window read.
+fn pick_free<T: Copy>(cands: &[(T, String)], present: &[TxnOpResponse]) -> Option<T> {
+    let free: Vec<T> = cands
+        .iter()
+        .zip(present)
+        .filter(|(_, r)| kvs_of(r).is_empty())
+        .map(|((c, _), _)| *c)
+        .collect();
+    (!free.is_empty()).then(|| free[fastrand::usize(0..free.len())])
+}
+
+impl Allocator {
+    /// An allocator over an existing client.
+    pub fn new(client: Client, keys: Keys, opts: Options) -> Self {
+        Allocator {
+            client,
+            keys,
+            opts,
+            lease: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Validates `cfg`, connects (lazily) and returns an allocator under `cfg.prefix`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the `etcd.*` field at fault.
+    pub async fn connect(cfg: &EtcdConfig, mut opts: Options) -> Result<Self, Error> {
+        let (client, keys) = cfg.connect().await?;
+        opts.request_timeout = cfg.request_timeout() + Duration::from_millis(500);
+        Ok(Self::new(client, keys, opts))
+    }
+
+    /// The key builder in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The underlying etcd client (a cheap clone).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    async fn txn(&self, op: &str, txn: Txn) -> Result<TxnResponse, Error> {
+        let mut kv = self.client.kv_client();
+        match tokio::time::timeout(self.opts.request_timeout, kv.txn(txn)).await {
+            Ok(r) => r.map_err(|e| Error::etcd(op, e)),
+            Err(_) => Err(Error::Unavailable {
+                op: op.to_string(),
+                source: etcd_client::Error::IoError(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", self.opts.request_timeout),
+                )),
+            }),
+        }
+    }
+
+    async fn get(&self, op: &str, key: String, opts: Option<GetOptions>) -> Result<Vec<KeyValue>, Error> {
+        let resp = self.txn(op, Txn::new().and_then(vec![TxnOp::get(key, opts)])).await?;
+        Ok(resp
+            .op_responses()
+            .first()
+            .map(|r| kvs_of(r).to_vec())
+            .unwrap_or_default())
+    }
+
+    /// Creates the schema key if absent, and checks it otherwise.
+    ///
+    /// # Errors
+    /// [`Error::SchemaMismatch`] when another version's data is under the prefix.
+    pub async fn ensure_schema(&self) -> Result<(), Error> {
+        let key = self.keys.schema();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(key.clone(), SCHEMA_VERSION, None)])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let resp = self.txn("ensure schema", txn).await?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        self.check_schema_value(resp.op_responses().first().map(kvs_of).unwrap_or(&[]))
+    }
+
+    /// Checks that etcd answers and the schema key is one this code knows (the plugin's STATUS).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when etcd does not answer; [`Error::SchemaMismatch`] when the key is
+    /// missing or of another version.
+    pub async fn check_schema(&self) -> Result<(), Error> {
+        let kvs = self.get("read schema", self.keys.schema(), None).await?;
+        self.check_schema_value(&kvs)
+    }
+
+    fn check_schema_value(&self, kvs: &[KeyValue]) -> Result<(), Error> {
+        let found = kvs
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .unwrap_or_default();
+        if found == SCHEMA_VERSION {
+            Ok(())
+        } else {
+            Err(Error::SchemaMismatch {
+                prefix: self.keys.prefix().to_string(),
+                found,
+                expected: SCHEMA_VERSION.to_string(),
+            })
+        }
+    }
+
+    /// Validates and writes a subnet config (with the schema key, in one transaction).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the field; nothing is written then.
+    pub async fn put_subnet(&self, m: &Mirrored<SubnetConfig>) -> Result<Subnet, Error> {
+        let subnet = Subnet::from_config(&m.name, &m.spec)?;
+        self.put_config("write subnet", self.keys.subnet(&m.name), m).await?;
+        Ok(subnet)
+    }
+
+    /// Validates and writes a MAC pool config.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the field; nothing is written then.
+    pub async fn put_macpool(&self, m: &Mirrored<MacPoolConfig>) -> Result<MacPool, Error> {
+        let pool = MacPool::from_config(&m.name, &m.spec)?;
+        self.put_config("write mac pool", self.keys.macpool(&m.name), m).await?;
+        Ok(pool)
+    }
+
+    async fn put_config<T: serde::Serialize>(&self, op: &str, key: String, v: &T) -> Result<(), Error> {
+        let json = serde_json::to_string(v).expect("config serializes");
+        let schema = self.keys.schema();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(schema.clone(), CompareOp::Equal, 0)])
+            .and_then(vec![
+                TxnOp::put(schema, SCHEMA_VERSION, None),
+                TxnOp::put(key.clone(), json.clone(), None),
+            ])
+            .or_else(vec![TxnOp::put(key, json, None)]);
+        self.txn(op, txn).await.map(|_| ())
+    }
+
+    /// Reads and validates a subnet.
+    ///
+    /// # Errors
+    /// [`Error::SubnetNotFound`]; [`Error::Corrupt`] when the stored config does not validate.
+    pub async fn get_subnet(&self, name: &str) -> Result<Subnet, Error> {
+        let key = self.keys.subnet(name);
+        let kvs = self.get(&format!("read subnet {name}"), key.clone(), None).await?;
+        let kv = kvs.first().ok_or_else(|| Error::SubnetNotFound(name.to_string(), key.clone()))?;
+        let m: Mirrored<SubnetConfig> = decode(kv)?;
+        Subnet::from_config(name, &m.spec).map_err(|e| Error::Corrupt {
+            key,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads and validates a MAC pool.
+    ///
+    /// # Errors
+    /// [`Error::MacPoolNotFound`]; [`Error::Corrupt`] when the stored config does not validate.
+    pub async fn get_macpool(&self, name: &str) -> Result<MacPool, Error> {
+        let key = self.keys.macpool(name);
+        let kvs = self.get(&format!("read mac pool {name}"), key.clone(), None).await?;
+        let kv = kvs.first().ok_or_else(|| Error::MacPoolNotFound(name.to_string(), key.clone()))?;
+        let m: Mirrored<MacPoolConfig> = decode(kv)?;
+        MacPool::from_config(name, &m.spec).map_err(|e| Error::Corrupt {
+            key,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The lease pending reservations are written under: reused while at least three quarters of
+    /// its life remain, so every pending reservation has that long to be committed.
+    async fn pending_lease(&self) -> Result<i64, Error> {
+        let mut slot = self.lease.lock().await;
+        if let Some(l) = slot.as_ref() {
+            if l.granted.elapsed() < self.opts.pending_ttl / 4 {
+                return Ok(l.id);
+            }
+        }
+        let ttl = self.opts.pending_ttl.as_secs().max(1) as i64;
+        let mut lc = self.client.lease_client();
+        let op = "grant pending lease";
+        let resp = tokio::time::timeout(self.opts.request_timeout, lc.grant(ttl, None))
+            .await
+            .map_err(|_| Error::Unavailable {
+                op: op.into(),
+                source: etcd_client::Error::IoError(std::io::ErrorKind::TimedOut.into()),
+            })?
+            .map_err(|e| Error::etcd(op, e))?;
+        *slot = Some(PendingLease {
+            id: resp.id(),
+            granted: Instant::now(),
+        });
+        Ok(resp.id())
+    }
+
+    /// The four keys of a record, in a fixed order: IP, owner, node, MAC (if any).
+    fn record_keys(&self, r: &Record) -> Vec<String> {
+        let o = &r.owner;
+        let mut keys = vec![
+            self.keys.ip(&r.subnet, r.ip),
+            self.keys.owner(&o.pod_uid, &o.ifname),
+            self.keys.node(&o.node, &o.pod_uid, &o.ifname),
+        ];
+        if let Some(mac) = r.mac {
+            keys.push(self.keys.mac(mac));
+        }
+        keys
+    }
+
+    fn put_record_ops(&self, r: &Record, lease: Option<i64>) -> Vec<TxnOp> {
+        let json = serde_json::to_string(r).expect("record serializes");
+        let opts = lease.map(|id| PutOptions::new().with_lease(id));
+        self.record_keys(r)
+            .into_iter()
+            .map(|k| TxnOp::put(k, json.clone(), opts.clone()))
+            .collect()
+    }
+
+    fn unchanged(&self, res: &Reservation) -> Vec<Compare> {
+        self.record_keys(&res.record)
+            .into_iter()
+            .map(|k| Compare::mod_revision(k, CompareOp::Equal, res.revision))
+            .collect()
+    }
+
+    /// Reserves an IP (and a MAC, unless `mac` is [`MacRequest::None`]) for `owner` in `subnet`,
+    /// pending under a lease of `pending_ttl` until [`Allocator::commit`].
+    ///
+    /// Guarantees: the IP, MAC, owner and node keys are created together or not at all, each only
+    /// if absent, so no address is ever held twice. Repeating the call for the same owner returns
+    /// the same reservation; the same pod UID and ifname from a new container takes the
+    /// reservation over (the old container's DEL then frees nothing).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] / [`Error::OutsideSubnet`] for bad input (nothing written);
+    /// [`Error::IpTaken`] / [`Error::MacTaken`] naming the holder of a static request;
+    /// [`Error::PoolExhausted`] / [`Error::MacPoolExhausted`];
+    /// [`Error::AttachmentConflict`] when the attachment holds something else;
+    /// [`Error::Unavailable`] / [`Error::RetriesExhausted`] (retryable).
+    pub async fn reserve(
+        &self,
+        subnet: &Subnet,
+        owner: &Owner,
+        ip: IpRequest,
+        mac: &MacRequest,
+    ) -> Result<Reservation, Error> {
+        owner.validate()?;
+        if let IpRequest::Static(addr) = ip {
+            subnet.check_static(addr)?;
+        }
+        if let MacRequest::Static(m) = mac {
+            if m.is_multicast() || m.is_zero() {
+                return Err(invalid("mac", m, "is not a unicast address"));
+            }
+        }
+        let op = format!("reserve ip in subnet {} for {owner}", subnet.name);
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(2))
+            .with_max_delay(Duration::from_millis(100))
+            .with_factor(1.6)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        for _ in 0..self.opts.max_attempts {
+            match self.try_reserve(subnet, owner, ip, mac).await? {
+                Some(res) => return Ok(res),
+                None => {
+                    let d = delays.next().unwrap_or(Duration::from_millis(100));
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+        Err(Error::RetriesExhausted {
+            op,
+            attempts: self.opts.max_attempts,
+        })
+    }
+
+    /// One attempt: `Ok(None)` means a lost race worth retrying.
+    async fn try_reserve(
+        &self,
+        subnet: &Subnet,
+        owner: &Owner,
+        ip_req: IpRequest,
+        mac_req: &MacRequest,
+    ) -> Result<Option<Reservation>, Error> {
+        let owner_key = self.keys.owner(&owner.pod_uid, &owner.ifname);
+        let mut ip_windows = Windows::new(subnet.pool(), self.opts.ip_window);
+        let mut ip_cands: Vec<(IpAddr, String)> = match ip_req {
+            IpRequest::Static(a) => vec![(a, self.keys.ip(&subnet.name, a))],
+            IpRequest::Auto => match ip_windows.advance() {
+                Some(k) => ip_window(&self.keys, subnet, k, self.opts.ip_window),
+                None => Vec::new(),
+            },
+        };
+        let mut mac_windows = match mac_req {
+            MacRequest::Auto(pool) => Some(Windows::new(pool.set(), self.opts.mac_window)),
+            _ => None,
+        };
+        let mut mac_cands: Vec<(MacAddr, String)> = match mac_req {
+            MacRequest::None => Vec::new(),
+            MacRequest::Static(m) => vec![(*m, self.keys.mac(*m))],
+            MacRequest::Auto(pool) => match mac_windows.as_mut().and_then(Windows::advance) {
+                Some(k) => mac_window(&self.keys, pool, k, self.opts.mac_window),
+                None => Vec::new(),
+            },
+        };
+
+        // First read: the owner index (idempotency), the IP window and the MAC window, in one
+        // transaction, while the pending lease is granted (or reused) concurrently.
+        let mut ops = vec![TxnOp::get(owner_key.clone(), None)];
+        let static_opts = || None;
+        let window_opts = |is_static: bool| if is_static { static_opts() } else { keys_only() };
+        let ip_static = matches!(ip_req, IpRequest::Static(_));
+        let mac_static = matches!(mac_req, MacRequest::Static(_));
+        ops.extend(ip_cands.iter().map(|(_, k)| TxnOp::get(k.clone(), window_opts(ip_static))));
+        ops.extend(mac_cands.iter().map(|(_, k)| TxnOp::get(k.clone(), window_opts(mac_static))));
+        let read_op = format!("read candidates in subnet {}", subnet.name);
+        let (lease, resp) = tokio::join!(
+            self.pending_lease(),
+            self.txn(&read_op, Txn::new().and_then(ops))
+        );
+        let resp = resp?.op_responses();
+        if let Some(kv) = kvs_of(&resp[0]).first() {
+            return self
+                .existing_attachment(subnet, owner, ip_req, mac_req, kv)
+                .await;
+        }
+        let lease = lease?;
+        let (ip_resp, mac_resp) = resp[1..].split_at(ip_cands.len());
+
+        let ip = match ip_req {
+            IpRequest::Static(a) => {
+                if let Some(kv) = kvs_of(&ip_resp[0]).first() {
+                    let holder: Record = decode(kv)?;
+                    return Err(Error::IpTaken {
+                        subnet: subnet.name.clone(),
+                        ip: a,
+                        holder: Box::new(holder.owner),
+                    });
+                }
+                a
+            }
+            IpRequest::Auto => {
+                let mut found = pick_free(&ip_cands, ip_resp);
+                let mut full = u32::from(!ip_cands.is_empty() && found.is_none());
+                while found.is_none() {
+                    if full == self.opts.sampled_windows
+                        && ip_windows.total > u128::from(self.opts.full_sweep_windows)
+                    {
+                        // A large pool whose sampled windows were all full: count rather than sweep.
+                        let usage = self.usage(subnet).await?;
+                        if usage.free == 0 {
+                            return Err(Error::PoolExhausted {
+                                subnet: subnet.name.clone(),
+                                used: usage.used,
+                                capacity: usage.capacity,
+                            });
+                        }
+                    }
+                    let Some(k) = ip_windows.advance() else {
+                        let usage = self.usage(subnet).await?;
+                        return Err(Error::PoolExhausted {
+                            subnet: subnet.name.clone(),
+                            used: usage.used,
+                            capacity: usage.capacity,
+                        });
+                    };
+                    ip_cands = ip_window(&self.keys, subnet, k, self.opts.ip_window);
+                    let ops = ip_cands.iter().map(|(_, k)| TxnOp::get(k.clone(), keys_only()));
+                    let resp = self
+                        .txn(&read_op, Txn::new().and_then(ops.collect::<Vec<_>>()))
+                        .await?
+                        .op_responses();
+                    found = pick_free(&ip_cands, &resp);
+                    full += 1;
+                }
+                found.expect("loop exits with a candidate")
+            }
+        };
+
+        let mac = match mac_req {
+            MacRequest::None => None,
+            MacRequest::Static(m) => {
+                if let Some(kv) = kvs_of(&mac_resp[0]).first() {
+                    let holder: Record = decode(kv)?;
+                    return Err(Error::MacTaken {
+                        mac: *m,
+                        holder: Box::new(holder.owner),
+                    });
+                }
+                Some(*m)
+            }
+            MacRequest::Auto(pool) => {
+                let windows = mac_windows.as_mut().expect("auto mac has windows");
+                let mut found = pick_free(&mac_cands, mac_resp);
+                let sweep_limit = windows.total.min(u128::from(self.opts.full_sweep_windows));
+                while found.is_none() {
+                    let k = match windows.advance() {
+                        Some(k) if windows.visited <= sweep_limit => k,
+                        _ => {
+                            return Err(Error::MacPoolExhausted {
+                                pool: pool.name.clone(),
+                                capacity: pool.capacity(),
+                            })
+                        }
+                    };
+                    mac_cands = mac_window(&self.keys, pool, k, self.opts.mac_window);
+                    let ops = mac_cands.iter().map(|(_, k)| TxnOp::get(k.clone(), keys_only()));
+                    let resp = self
+                        .txn("read mac candidates", Txn::new().and_then(ops.collect::<Vec<_>>()))
+                        .await?
+                        .op_responses();
+                    found = pick_free(&mac_cands, &resp);
+                }
+                found
+            }
+        };
+
+        let record = Record {
+            subnet: subnet.name.clone(),
+            ip,
+            prefix_len: subnet.cidr.prefix(),
+            mac,
+            owner: owner.clone(),
+            state: State::Pending,
+            since: rfc3339_now(),
+            lease: Some(format!("{lease:x}")),
+        };
+        let keys = self.record_keys(&record);
+        let absent: Vec<Compare> = keys
+            .iter()
+            .map(|k| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
+            .collect();
+        let on_conflict: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.clone(), None)).collect();
+        let txn = Txn::new()
+            .when(absent)
+            .and_then(self.put_record_ops(&record, Some(lease)))
+            .or_else(on_conflict);
+        let resp = match self.txn(&format!("claim ip {ip} in subnet {}", subnet.name), txn).await {
+            Ok(r) => r,
+            // The shared lease may have been revoked or expired since it was cached.
+            Err(Error::Etcd { source, .. }) if source.to_string().contains("lease not found") => {
+                *self.lease.lock().await = None;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if resp.succeeded() {
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            tracing::debug!(%ip, mac = ?mac, owner = %owner, "reserved (pending)");
+            return Ok(Some(Reservation { record, revision }));
+        }
+        // Someone else won a key. Static addresses name their holder; automatic ones retry.
+        let conflict = resp.op_responses();
+        let held = |i: usize| kvs_of(&conflict[i]).first().cloned();
+        if let (IpRequest::Static(a), Some(kv)) = (ip_req, held(0)) {
+            let holder: Record = decode(&kv)?;
+            return Err(Error::IpTaken {
+                subnet: subnet.name.clone(),
+                ip: a,
+                holder: Box::new(holder.owner),
+            });
+        }
+        if let (MacRequest::Static(m), Some(kv)) = (mac_req, held(3)) {
+            let holder: Record = decode(&kv)?;
+            return Err(Error::MacTaken {
+                mac: *m,
+                holder: Box::new(holder.owner),
+            });
+        }
+        Ok(None)
+    }
+
+    /// The attachment already has a record: hand it back (idempotent ADD), take it over for a new
+    /// container of the same pod UID, or refuse when it does not match the request.
+    async fn existing_attachment(
+        &self,
+        subnet: &Subnet,
+        owner: &Owner,
+        ip_req: IpRequest,
+        mac_req: &MacRequest,
+        kv: &KeyValue,
+    ) -> Result<Option<Reservation>, Error> {
+        let held: Record = decode(kv)?;
+        let mismatch = if held.subnet != subnet.name {
+            Some(format!("subnet {}", subnet.name))
+        } else if matches!(ip_req, IpRequest::Static(a) if a != held.ip) {
+            Some(format!("ip {ip_req:?}"))
+        } else if matches!(mac_req, MacRequest::Static(m) if Some(*m) != held.mac) {
+            Some(format!("mac {mac_req:?}"))
+        } else if matches!(mac_req, MacRequest::None) != held.mac.is_none() {
+            Some("a different MAC request".to_string())
+        } else {
+            None
+        };
+        if let Some(requested) = mismatch {
+            return Err(Error::AttachmentConflict {
+                owner: Box::new(owner.clone()),
+                held: format!(
+                    "ip {} in subnet {}{}",
+                    held.ip,
+                    held.subnet,
+                    held.mac.map(|m| format!(" with mac {m}")).unwrap_or_default()
+                ),
+                requested,
+            });
+        }
+        let existing = Reservation {
+            revision: kv.mod_revision(),
+            record: held,
+        };
+        if existing.record.owner.same_owner(owner) {
+            return Ok(Some(existing));
+        }
+        // Same pod UID and ifname, new sandbox: the pod keeps its address across a sandbox restart.
+        let mut record = existing.record.clone();
+        record.owner = owner.clone();
+        let lease = match record.state {
+            State::Pending => record
+                .lease
+                .as_deref()
+                .and_then(|l| i64::from_str_radix(l, 16).ok()),
+            State::Committed => None,
+        };
+        let mut ops = self.put_record_ops(&record, lease);
+        if record.owner.node != existing.record.owner.node {
+            let o = &existing.record.owner;
+            ops.push(TxnOp::delete(self.keys.node(&o.node, &o.pod_uid, &o.ifname), None));
+        }
+        let txn = Txn::new().when(self.unchanged(&existing)).and_then(ops);
+        let resp = self
+            .txn(&format!("hand over attachment to {owner}"), txn)
+            .await?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok(Some(Reservation { record, revision }))
+    }
+
+    /// Makes a pending reservation durable: rewrites its keys without the lease, only if they are
+    /// still exactly as reserved. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::CommitFailed`] when the lease expired first (the keys are gone) or the reservation
+    /// changed hands.
+    pub async fn commit(&self, res: &Reservation) -> Result<Reservation, Error> {
+        let mut record = res.record.clone();
+        record.state = State::Committed;
+        record.lease = None;
+        let owner_key = self.keys.owner(&record.owner.pod_uid, &record.owner.ifname);
+        let txn = Txn::new()
+            .when(self.unchanged(res))
+            .and_then(self.put_record_ops(&record, None))
+            .or_else(vec![TxnOp::get(owner_key, None)]);
+        let op = format!("commit ip {} for {}", record.ip, record.owner);
+        let resp = self.txn(&op, txn).await?;
+        if resp.succeeded() {
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            return Ok(Reservation { record, revision });
+        }
+        let now = resp.op_responses();
+        let fail = |reason: String| Error::CommitFailed {
+            owner: Box::new(res.record.owner.clone()),
+            reason,
+        };
+        match kvs_of(&now[0]).first() {
+            None => Err(fail(format!(
+                "the pending reservation of ip {} expired before commit (pending TTL {} s)",
+                res.record.ip,
+                self.opts.pending_ttl.as_secs()
+            ))),
+            Some(kv) => {
+                let current: Record = decode(kv)?;
+                if current.owner.same_owner(&res.record.owner)
+                    && current.state == State::Committed
+                    && current.ip == res.record.ip
+                {
+                    Ok(Reservation {
+                        record: current,
+                        revision: kv.mod_revision(),
+                    })
+                } else {
+                    Err(fail(format!("the attachment is now held by {}", current.owner)))
+                }
+            }
+        }
+    }
+
+    /// Frees what `owner` holds — only if the stored owner has the same pod UID, container ID and
+    /// ifname, so a DEL for an older incarnation never frees a newer pod's address. Idempotent.
+    /// Only `pod_uid`, `container_id` and `ifname` of `owner` are used.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] / [`Error::RetriesExhausted`] (retryable).
+    pub async fn release(&self, owner: &Owner) -> Result<Released, Error> {
+        let op = format!("release attachment {owner}");
+        for _ in 0..self.opts.max_attempts {
+            let Some(held) = self.attachment(&owner.pod_uid, &owner.ifname).await? else {
+                return Ok(Released::NotHeld);
+            };
+            if held.record.owner.container_id != owner.container_id {
+                return Ok(Released::Stale(held.record));
+            }
+            if self.release_exact(&held).await? {
+                tracing::debug!(ip = %held.record.ip, owner = %owner, "released");
+                return Ok(Released::Freed(held.record));
+            }
+        }
+        Err(Error::RetriesExhausted {
+            op,
+            attempts: self.opts.max_attempts,
+        })
+    }
+
+    /// Compare-and-delete: frees `res` only if its keys are exactly as read (same revision), so
+    /// a reservation created or changed meanwhile is never touched. For garbage collection.
+    /// Returns whether it deleted.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] (retryable).
+    pub async fn release_exact(&self, res: &Reservation) -> Result<bool, Error> {
+        let deletes: Vec<TxnOp> = self
+            .record_keys(&res.record)
+            .into_iter()
+            .map(|k| TxnOp::delete(k, None))
+            .collect();
+        let txn = Txn::new().when(self.unchanged(res)).and_then(deletes);
+        let op = format!("delete reservation of ip {}", res.record.ip);
+        Ok(self.txn(&op, txn).await?.succeeded())
+    }
+
+    fn reservations(kvs: &[KeyValue]) -> Result<Vec<Reservation>, Error> {
+        kvs.iter()
+            .map(|kv| {
+                Ok(Reservation {
+                    record: decode(kv)?,
+                    revision: kv.mod_revision(),
+                })
+            })
+            .collect()
+    }
+
+    /// The reservation of one attachment, if any.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Corrupt`] for an undecodable record.
+    pub async fn attachment(&self, pod_uid: &str, ifname: &str) -> Result<Option<Reservation>, Error> {
+        let kvs = self
+            .get("read attachment", self.keys.owner(pod_uid, ifname), None)
+            .await?;
+        Ok(Self::reservations(&kvs)?.pop())
+    }
+
+    /// Every reservation of one pod UID.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Corrupt`].
+    pub async fn by_pod(&self, pod_uid: &str) -> Result<Vec<Reservation>, Error> {
+        let kvs = self
+            .get(
+                "read pod attachments",
+                self.keys.owners_of(pod_uid),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Self::reservations(&kvs)
+    }
+
+    /// Every reservation on one node (for the plugin's GC), read from the node index.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Corrupt`].
+    pub async fn by_node(&self, node: &str) -> Result<Vec<Reservation>, Error> {
+        let kvs = self
+            .get(
+                "read node attachments",
+                self.keys.node_attachments(node),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Self::reservations(&kvs)
+    }
+
+    /// Every reservation (all owners): for the operator's GC and `ipam` listings.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Corrupt`].
+    pub async fn all(&self) -> Result<Vec<Reservation>, Error> {
+        let kvs = self
+            .get(
+                "read all attachments",
+                self.keys.owners(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Self::reservations(&kvs)
+    }
+
+    /// Who holds `ip` in `subnet`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Corrupt`].
+    pub async fn holder_of_ip(&self, subnet: &str, ip: IpAddr) -> Result<Option<Reservation>, Error> {
+        let kvs = self.get("read ip", self.keys.ip(subnet, ip), None).await?;
+        Ok(Self::reservations(&kvs)?.pop())
+    }
+
+    /// Who holds `mac`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Corrupt`].
+    pub async fn holder_of_mac(&self, mac: MacAddr) -> Result<Option<Reservation>, Error> {
+        let kvs = self.get("read mac", self.keys.mac(mac), None).await?;
+        Ok(Self::reservations(&kvs)?.pop())
+    }
+
+    /// Used and free counts of a subnet. etcd counts the keys server-side (`count_only`), so no
+    /// key is transferred however large the pool.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    pub async fn usage(&self, subnet: &Subnet) -> Result<Usage, Error> {
+        let key = self.keys.ips(&subnet.name);
+        let txn = Txn::new().and_then(vec![TxnOp::get(
+            key,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )]);
+        let resp = self.txn(&format!("count reservations in subnet {}", subnet.name), txn).await?;
+        let used = match resp.op_responses().first() {
+            Some(TxnOpResponse::Get(g)) => g.count().max(0) as u128,
+            _ => 0,
+        };
+        let capacity = subnet.capacity();
+        Ok(Usage {
+            used,
+            capacity,
+            free: capacity.saturating_sub(used),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_shape() {
+        let s = rfc3339_now();
+        assert_eq!(s.len(), 20, "{s}");
+        assert!(s.starts_with("20") && s.ends_with('Z') && s.as_bytes()[10] == b'T', "{s}");
+    }
+
+    #[test]
+    fn windows_visit_each_once() {
+        let set = AddrSet::from_segments([(0, 199)]);
+        let mut w = Windows::new(&set, 48);
+        let mut seen = Vec::new();
+        while let Some(k) = w.advance() {
+            seen.push(k);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+    }
+}
