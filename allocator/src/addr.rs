@@ -138,7 +138,9 @@ pub struct MacAddr(pub [u8; 6]);
 impl MacAddr {
     /// The address as an integer, for range arithmetic.
     pub fn to_u64(self) -> u64 {
-        self.0.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+        self.0
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
     }
 
     /// The inverse of [`MacAddr::to_u64`]; bits above 48 are ignored.
@@ -301,7 +303,13 @@ mod tests {
         for (input, want) in ok {
             assert_eq!(input.parse::<MacAddr>().unwrap().to_string(), want);
         }
-        for bad in ["", "02:00:0a:e6:00", "02:00:0a:e6:00:21:22", "0g:00:00:00:00:00", "2:0:a:e6:0:21"] {
+        for bad in [
+            "",
+            "02:00:0a:e6:00",
+            "02:00:0a:e6:00:21:22",
+            "0g:00:00:00:00:00",
+            "2:0:a:e6:0:21",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} parsed");
         }
         let m: MacAddr = "02:ab:cd:ef:01:23".parse().unwrap();
@@ -317,7 +325,9 @@ mod tests {
         );
         // 02:ff:ff:ff:ff:fe..ff (2), 03 multicast, 04 global, 05 multicast, 06:..00..01 (2)
         assert_eq!(s.len(), 4);
-        assert!(s.contains(u128::from("06:00:00:00:00:00".parse::<MacAddr>().unwrap().to_u64())));
+        assert!(s.contains(u128::from(
+            "06:00:00:00:00:00".parse::<MacAddr>().unwrap().to_u64()
+        )));
         let g = mac_range_set(
             "00:00:00:00:00:01".parse().unwrap(),
             "00:00:00:00:00:05".parse().unwrap(),

@@ -30,7 +30,9 @@ pub enum Error {
     MacTaken { mac: MacAddr, holder: Box<Owner> },
 
     /// Every allocatable address of the subnet is reserved.
-    #[error("subnet {subnet} is exhausted: {used} of {capacity} allocatable addresses are reserved")]
+    #[error(
+        "subnet {subnet} is exhausted: {used} of {capacity} allocatable addresses are reserved"
+    )]
     PoolExhausted {
         subnet: String,
         used: u128,
@@ -70,7 +72,9 @@ pub enum Error {
     CommitFailed { owner: Box<Owner>, reason: String },
 
     /// The schema key holds a version this code does not know.
-    #[error("etcd schema version {found:?} under {prefix} is not supported (expected {expected:?})")]
+    #[error(
+        "etcd schema version {found:?} under {prefix} is not supported (expected {expected:?})"
+    )]
     SchemaMismatch {
         prefix: String,
         found: String,
@@ -116,6 +120,11 @@ impl Error {
     pub(crate) fn etcd(op: impl Into<String>, source: etcd_client::Error) -> Self {
         use etcd_client::Error as E;
         let op = op.into();
+        // A TLS trust failure also surfaces as `Unavailable`, but no retry will fix a wrong CA.
+        let text = source.to_string();
+        if text.contains("certificate") || text.contains("UnknownIssuer") {
+            return Error::Etcd { op, source };
+        }
         let retryable = match &source {
             E::TransportError(_) | E::IoError(_) | E::EndpointError(_) => true,
             E::GRpcStatus(status) => matches!(
@@ -147,4 +156,3 @@ pub(crate) fn invalid(field: &str, value: impl ToString, reason: impl Into<Strin
         reason: reason.into(),
     }
 }
-

@@ -78,7 +78,8 @@ impl EtcdConfig {
                 .strip_prefix("http://")
                 .or_else(|| e.strip_prefix("https://").inspect(|_| https = true));
             match rest {
-                Some(hostport) if !hostport.is_empty() && !hostport.contains(char::is_whitespace) => {}
+                Some(hostport)
+                    if !hostport.is_empty() && !hostport.contains(char::is_whitespace) => {}
                 _ => {
                     return Err(invalid(
                         &f(&format!("endpoints[{i}]")),
@@ -89,15 +90,15 @@ impl EtcdConfig {
             }
         }
         if https && self.ca_file.is_none() {
-            return Err(invalid(
-                &f("caFile"),
-                "",
-                "is required for https endpoints",
-            ));
+            return Err(invalid(&f("caFile"), "", "is required for https endpoints"));
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(invalid(
-                &f(if self.cert_file.is_some() { "keyFile" } else { "certFile" }),
+                &f(if self.cert_file.is_some() {
+                    "keyFile"
+                } else {
+                    "certFile"
+                }),
                 "",
                 "certFile and keyFile go together",
             ));
@@ -108,9 +109,8 @@ impl EtcdConfig {
             ("keyFile", &self.key_file),
         ] {
             if let Some(p) = path {
-                std::fs::metadata(p).map_err(|e| {
-                    invalid(&f(name), p.display(), format!("cannot be read: {e}"))
-                })?;
+                std::fs::metadata(p)
+                    .map_err(|e| invalid(&f(name), p.display(), format!("cannot be read: {e}")))?;
             }
         }
         for (name, v) in [
@@ -146,16 +146,27 @@ impl EtcdConfig {
         if let Some(ca) = &self.ca_file {
             let read = |name: &str, p: &PathBuf| {
                 std::fs::read(p).map_err(|e| {
-                    invalid(&format!("etcd.{name}"), p.display(), format!("cannot be read: {e}"))
+                    invalid(
+                        &format!("etcd.{name}"),
+                        p.display(),
+                        format!("cannot be read: {e}"),
+                    )
                 })
             };
             let ca_pem = read("caFile", ca)?;
             if !String::from_utf8_lossy(&ca_pem).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(invalid("etcd.caFile", ca.display(), "is not a PEM certificate"));
+                return Err(invalid(
+                    "etcd.caFile",
+                    ca.display(),
+                    "is not a PEM certificate",
+                ));
             }
             let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
             if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
-                tls = tls.identity(Identity::from_pem(read("certFile", cert)?, read("keyFile", key)?));
+                tls = tls.identity(Identity::from_pem(
+                    read("certFile", cert)?,
+                    read("keyFile", key)?,
+                ));
             }
             opts = opts.with_tls(tls);
         }
@@ -176,24 +187,42 @@ mod tests {
         assert!(ok.validate("etcd").is_ok());
         let cases: Vec<(&str, EtcdConfig)> = vec![
             ("etcd.endpoints", EtcdConfig::new(vec![])),
-            ("etcd.endpoints[0]", EtcdConfig::new(vec!["127.0.0.1:2379".into()])),
-            ("etcd.caFile", EtcdConfig::new(vec!["https://127.0.0.1:2379".into()])),
-            ("etcd.keyFile", EtcdConfig {
-                cert_file: Some("/etc/hostname".into()),
-                ..ok.clone()
-            }),
-            ("etcd.caFile", EtcdConfig {
-                ca_file: Some("/nonexistent/ca.pem".into()),
-                ..ok.clone()
-            }),
-            ("etcd.prefix", EtcdConfig {
-                prefix: "relative".into(),
-                ..ok.clone()
-            }),
-            ("etcd.requestTimeoutMs", EtcdConfig {
-                request_timeout_ms: Some(0),
-                ..ok.clone()
-            }),
+            (
+                "etcd.endpoints[0]",
+                EtcdConfig::new(vec!["127.0.0.1:2379".into()]),
+            ),
+            (
+                "etcd.caFile",
+                EtcdConfig::new(vec!["https://127.0.0.1:2379".into()]),
+            ),
+            (
+                "etcd.keyFile",
+                EtcdConfig {
+                    cert_file: Some("/etc/hostname".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "etcd.caFile",
+                EtcdConfig {
+                    ca_file: Some("/nonexistent/ca.pem".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "etcd.prefix",
+                EtcdConfig {
+                    prefix: "relative".into(),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "etcd.requestTimeoutMs",
+                EtcdConfig {
+                    request_timeout_ms: Some(0),
+                    ..ok.clone()
+                },
+            ),
         ];
         for (field, cfg) in cases {
             match cfg.validate("etcd") {

@@ -41,7 +41,11 @@ pub enum Key {
     /// `<prefix>/owners/<podUid>/<ifname>`
     Owner { pod_uid: String, ifname: String },
     /// `<prefix>/nodes/<node>/<podUid>/<ifname>`
-    Node { node: String, pod_uid: String, ifname: String },
+    Node {
+        node: String,
+        pod_uid: String,
+        ifname: String,
+    },
     /// `<prefix>/config/subnets/<name>`
     Subnet(String),
     /// `<prefix>/config/macpools/<name>`
@@ -63,7 +67,10 @@ pub fn check_segment(field: &str, value: &str) -> Result<(), Error> {
     if value.len() > 253 {
         return Err(invalid(field, value, "is longer than 253 characters"));
     }
-    if value.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()) {
+    if value
+        .chars()
+        .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
         return Err(invalid(
             field,
             value,

@@ -16,6 +16,7 @@ pub mod etcd;
 pub mod keys;
 pub mod model;
 pub mod store;
+mod window;
 
 pub use addr::{AddrSet, MacAddr};
 pub use error::Error;

@@ -189,18 +189,27 @@ fn parse_ip(field: &str, value: &str) -> Result<IpAddr, Error> {
 }
 
 fn parse_mac(field: &str, value: &str) -> Result<MacAddr, Error> {
-    value.parse().map_err(|e: crate::addr::MacParseError| invalid(field, value, e.to_string()))
+    value
+        .parse()
+        .map_err(|e: crate::addr::MacParseError| invalid(field, value, e.to_string()))
 }
 
 /// Checks a Linux interface name: 1–15 bytes, no '/', ':' or whitespace.
 pub fn check_ifname(field: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() || value.len() > 15 {
-        return Err(invalid(field, value, "must be 1 to 15 characters (Linux IFNAMSIZ)"));
+        return Err(invalid(
+            field,
+            value,
+            "must be 1 to 15 characters (Linux IFNAMSIZ)",
+        ));
     }
     if value == "." || value == ".." {
         return Err(invalid(field, value, "is not a valid interface name"));
     }
-    if value.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+    if value
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
         return Err(invalid(
             field,
             value,
@@ -241,7 +250,11 @@ impl Subnet {
             return Err(invalid(
                 "cidr",
                 &c.cidr,
-                format!("has host bits set; did you mean {}/{}?", cidr.network(), cidr.prefix()),
+                format!(
+                    "has host bits set; did you mean {}/{}?",
+                    cidr.network(),
+                    cidr.prefix()
+                ),
             ));
         }
         let v6 = cidr.is_ipv6();
@@ -278,7 +291,10 @@ impl Subnet {
         let gateway = match &c.gateway {
             Some(raw) => {
                 let gw = in_cidr("gateway", raw, parse_ip("gateway", raw)?)?;
-                if never.iter().any(|&(a, b)| (a..=b).contains(&ip_to_u128(gw))) {
+                if never
+                    .iter()
+                    .any(|&(a, b)| (a..=b).contains(&ip_to_u128(gw)))
+                {
                     return Err(invalid(
                         "gateway",
                         raw,
@@ -343,7 +359,9 @@ impl Subnet {
         let pool = never
             .segments()
             .iter()
-            .fold(AddrSet::from_segments(ranges), |set, &(a, b)| set.subtract(a, b));
+            .fold(AddrSet::from_segments(ranges), |set, &(a, b)| {
+                set.subtract(a, b)
+            });
         if pool.is_empty() {
             return Err(invalid(
                 "ranges",
@@ -362,7 +380,11 @@ impl Subnet {
                 .filter(|_| r.dst.contains('/'))
                 .ok_or_else(|| invalid(&fd, &r.dst, "is not a CIDR (e.g. 192.168.0.0/16)"))?;
             if dst.is_ipv6() != v6 {
-                return Err(invalid(&fd, &r.dst, format!("is not of the family of cidr {cidr}")));
+                return Err(invalid(
+                    &fd,
+                    &r.dst,
+                    format!("is not of the family of cidr {cidr}"),
+                ));
             }
             let gw = match &r.gw {
                 Some(raw) => {
@@ -382,7 +404,11 @@ impl Subnet {
             check_segment("macPool", pool)?;
         }
         if c.selector.as_deref().is_some_and(|s| s.trim().is_empty()) {
-            return Err(invalid("selector", "", "must not be blank; omit it instead"));
+            return Err(invalid(
+                "selector",
+                "",
+                "must not be blank; omit it instead",
+            ));
         }
 
         Ok(Subnet {
@@ -687,15 +713,29 @@ mod tests {
     #[test]
     fn ranges_and_excludes() {
         let s = subnet(|c| {
-            c.ranges = vec![range("10.230.0.10", "10.230.0.19"), range("10.230.0.30", "10.230.0.31")];
+            c.ranges = vec![
+                range("10.230.0.10", "10.230.0.19"),
+                range("10.230.0.30", "10.230.0.31"),
+            ];
             c.exclude = vec!["10.230.0.12".into(), "10.230.0.16/30".into()];
         })
         .unwrap();
         // 10..19 minus 12 and 16..19 = 10,11,13,14,15 ; plus 30,31
         assert_eq!(s.capacity(), 7);
         assert!(s.check_static("10.230.0.200".parse().unwrap()).is_ok());
-        for bad in ["10.230.0.12", "10.230.0.17", "10.230.0.1", "10.230.0.0", "10.230.0.255", "10.231.0.5", "fd00::5"] {
-            assert!(s.check_static(bad.parse().unwrap()).is_err(), "{bad} accepted");
+        for bad in [
+            "10.230.0.12",
+            "10.230.0.17",
+            "10.230.0.1",
+            "10.230.0.0",
+            "10.230.0.255",
+            "10.231.0.5",
+            "fd00::5",
+        ] {
+            assert!(
+                s.check_static(bad.parse().unwrap()).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 
@@ -734,12 +774,23 @@ mod tests {
             ("gateway", |c| c.gateway = Some("10.231.0.1".into())),
             ("gateway", |c| c.gateway = Some("10.230.0.255".into())),
             ("gateway", |c| c.gateway = Some("fd00::1".into())),
-            ("ranges[0].start", |c| c.ranges = vec![range("10.230.1.1", "10.230.0.9")]),
-            ("ranges[0].end", |c| c.ranges = vec![range("10.230.0.1", "10.231.0.9")]),
-            ("ranges[0].start", |c| c.ranges = vec![range("10.230.0.9", "10.230.0.2")]),
-            ("ranges[0].start", |c| c.ranges = vec![range("fd00::1", "fd00::9")]),
+            ("ranges[0].start", |c| {
+                c.ranges = vec![range("10.230.1.1", "10.230.0.9")]
+            }),
+            ("ranges[0].end", |c| {
+                c.ranges = vec![range("10.230.0.1", "10.231.0.9")]
+            }),
+            ("ranges[0].start", |c| {
+                c.ranges = vec![range("10.230.0.9", "10.230.0.2")]
+            }),
+            ("ranges[0].start", |c| {
+                c.ranges = vec![range("fd00::1", "fd00::9")]
+            }),
             ("ranges[1]", |c| {
-                c.ranges = vec![range("10.230.0.2", "10.230.0.9"), range("10.230.0.9", "10.230.0.20")]
+                c.ranges = vec![
+                    range("10.230.0.2", "10.230.0.9"),
+                    range("10.230.0.9", "10.230.0.20"),
+                ]
             }),
             ("exclude[0]", |c| c.exclude = vec!["10.231.0.1".into()]),
             ("exclude[0]", |c| c.exclude = vec!["10.230.0.0/16".into()]),
@@ -753,7 +804,12 @@ mod tests {
                 c.vlan = 100
             }),
             ("mtu", |c| c.mtu = Some(20)),
-            ("routes[0].dst", |c| c.routes = vec![RouteConfig { dst: "x".into(), gw: None }]),
+            ("routes[0].dst", |c| {
+                c.routes = vec![RouteConfig {
+                    dst: "x".into(),
+                    gw: None,
+                }]
+            }),
             ("routes[0].gw", |c| {
                 c.routes = vec![RouteConfig {
                     dst: "192.168.0.0/16".into(),
@@ -795,11 +851,31 @@ mod tests {
         assert!(pool(vec![range("00:16:3e:00:00:00", "00:16:3e:00:00:ff")], true).is_ok());
 
         let bad = [
-            ("ranges[0].start", vec![range("03:00:00:00:00:00", "03:00:00:00:00:ff")], false),
-            ("ranges[0].start", vec![range("00:16:3e:00:00:00", "00:16:3e:00:00:ff")], false),
-            ("ranges[0].end", vec![range("02:00:00:00:00:00", "zz")], false),
-            ("ranges[0].start", vec![range("02:00:00:00:00:09", "02:00:00:00:00:01")], false),
-            ("ranges[0].start", vec![range("00:00:00:00:00:00", "00:00:00:00:00:01")], true),
+            (
+                "ranges[0].start",
+                vec![range("03:00:00:00:00:00", "03:00:00:00:00:ff")],
+                false,
+            ),
+            (
+                "ranges[0].start",
+                vec![range("00:16:3e:00:00:00", "00:16:3e:00:00:ff")],
+                false,
+            ),
+            (
+                "ranges[0].end",
+                vec![range("02:00:00:00:00:00", "zz")],
+                false,
+            ),
+            (
+                "ranges[0].start",
+                vec![range("02:00:00:00:00:09", "02:00:00:00:00:01")],
+                false,
+            ),
+            (
+                "ranges[0].start",
+                vec![range("00:00:00:00:00:00", "00:00:00:00:00:01")],
+                true,
+            ),
             (
                 "ranges[1]",
                 vec![
@@ -830,10 +906,18 @@ mod tests {
         };
         assert!(o.validate().is_ok());
         o.ifname = "net/1".into();
-        assert!(o.validate().unwrap_err().to_string().contains("owner.ifname"));
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("owner.ifname"));
         o.ifname = "net1".into();
         o.pod_uid = "".into();
-        assert!(o.validate().unwrap_err().to_string().contains("owner.podUid"));
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("owner.podUid"));
     }
 
     #[test]

@@ -22,11 +22,21 @@ fn mac(s: &str) -> MacAddr {
 #[tokio::test]
 async fn static_ip_and_mac_conflicts_name_the_holder() {
     let f = fixture(Options::default()).await;
-    let lan = put_subnet(&f.alloc, "lan", subnet_config("10.230.0.0/24", "10.230.0.1", vec![])).await;
+    let lan = put_subnet(
+        &f.alloc,
+        "lan",
+        subnet_config("10.230.0.0/24", "10.230.0.1", vec![]),
+    )
+    .await;
     let (a, b) = (owner(1), owner(2));
     let res = f
         .alloc
-        .reserve(&lan, &a, IpRequest::Static(ip("10.230.0.33")), &MacRequest::Static(mac("02:00:00:00:00:21")))
+        .reserve(
+            &lan,
+            &a,
+            IpRequest::Static(ip("10.230.0.33")),
+            &MacRequest::Static(mac("02:00:00:00:00:21")),
+        )
         .await
         .unwrap();
     assert_eq!(res.record.ip, ip("10.230.0.33"));
@@ -36,20 +46,37 @@ async fn static_ip_and_mac_conflicts_name_the_holder() {
     let rev = f.etcd.revision().await.unwrap();
     match f
         .alloc
-        .reserve(&lan, &b, IpRequest::Static(ip("10.230.0.33")), &MacRequest::None)
+        .reserve(
+            &lan,
+            &b,
+            IpRequest::Static(ip("10.230.0.33")),
+            &MacRequest::None,
+        )
         .await
     {
-        Err(Error::IpTaken { ip: taken, holder, .. }) => {
+        Err(Error::IpTaken {
+            ip: taken, holder, ..
+        }) => {
             assert_eq!(taken, ip("10.230.0.33"));
             assert_eq!(holder.pod, "pod-1");
-            let msg = Error::IpTaken { subnet: "lan".into(), ip: taken, holder }.to_string();
+            let msg = Error::IpTaken {
+                subnet: "lan".into(),
+                ip: taken,
+                holder,
+            }
+            .to_string();
             assert!(msg.contains("default/pod-1"), "{msg}");
         }
         other => panic!("expected IpTaken, got {other:?}"),
     }
     match f
         .alloc
-        .reserve(&lan, &b, IpRequest::Auto, &MacRequest::Static(mac("02:00:00:00:00:21")))
+        .reserve(
+            &lan,
+            &b,
+            IpRequest::Auto,
+            &MacRequest::Static(mac("02:00:00:00:00:21")),
+        )
         .await
     {
         Err(Error::MacTaken { holder, .. }) => assert_eq!(holder.pod_uid, "uid-1"),
@@ -63,21 +90,46 @@ async fn static_ip_and_mac_conflicts_name_the_holder() {
 #[tokio::test]
 async fn repeated_reserve_is_idempotent_and_new_sandbox_takes_over() {
     let f = fixture(Options::default()).await;
-    let lan = put_subnet(&f.alloc, "lan", subnet_config("10.230.0.0/24", "10.230.0.1", vec![])).await;
+    let lan = put_subnet(
+        &f.alloc,
+        "lan",
+        subnet_config("10.230.0.0/24", "10.230.0.1", vec![]),
+    )
+    .await;
     let pool = put_pool(&f.alloc, "vms", "02:00:00:00:00:00", "02:00:00:00:ff:ff").await;
     let o = owner(7);
-    let first = f.alloc.reserve(&lan, &o, IpRequest::Auto, &MacRequest::Auto(pool.clone())).await.unwrap();
-    let again = f.alloc.reserve(&lan, &o, IpRequest::Auto, &MacRequest::Auto(pool.clone())).await.unwrap();
+    let first = f
+        .alloc
+        .reserve(&lan, &o, IpRequest::Auto, &MacRequest::Auto(pool.clone()))
+        .await
+        .unwrap();
+    let again = f
+        .alloc
+        .reserve(&lan, &o, IpRequest::Auto, &MacRequest::Auto(pool.clone()))
+        .await
+        .unwrap();
     assert_eq!(first, again);
     let committed = f.alloc.commit(&again).await.unwrap();
     assert_eq!(committed.record.state, State::Committed);
     // Commit is idempotent too.
-    assert_eq!(f.alloc.commit(&again).await.unwrap().record.ip, first.record.ip);
+    assert_eq!(
+        f.alloc.commit(&again).await.unwrap().record.ip,
+        first.record.ip
+    );
 
     // Same pod UID and ifname from a new sandbox keeps the address; the old sandbox's DEL is stale.
     let mut newer = o.clone();
     newer.container_id = "c-new".into();
-    let taken = f.alloc.reserve(&lan, &newer, IpRequest::Auto, &MacRequest::Auto(pool.clone())).await.unwrap();
+    let taken = f
+        .alloc
+        .reserve(
+            &lan,
+            &newer,
+            IpRequest::Auto,
+            &MacRequest::Auto(pool.clone()),
+        )
+        .await
+        .unwrap();
     assert_eq!(taken.record.ip, first.record.ip);
     assert_eq!(taken.record.mac, first.record.mac);
     assert_eq!(taken.record.owner.container_id, "c-new");
@@ -86,12 +138,28 @@ async fn repeated_reserve_is_idempotent_and_new_sandbox_takes_over() {
         Released::Stale(r) => assert_eq!(r.owner.container_id, "c-new"),
         other => panic!("stale release freed something: {other:?}"),
     }
-    assert!(f.alloc.holder_of_ip("lan", first.record.ip).await.unwrap().is_some());
+    assert!(f
+        .alloc
+        .holder_of_ip("lan", first.record.ip)
+        .await
+        .unwrap()
+        .is_some());
 
     // A different static request for the same attachment is refused, not silently changed.
-    let other_ip = if first.record.ip == ip("10.230.0.9") { "10.230.0.10" } else { "10.230.0.9" };
+    let other_ip = if first.record.ip == ip("10.230.0.9") {
+        "10.230.0.10"
+    } else {
+        "10.230.0.9"
+    };
     assert!(matches!(
-        f.alloc.reserve(&lan, &newer, IpRequest::Static(ip(other_ip)), &MacRequest::Auto(pool)).await,
+        f.alloc
+            .reserve(
+                &lan,
+                &newer,
+                IpRequest::Static(ip(other_ip)),
+                &MacRequest::Auto(pool)
+            )
+            .await,
         Err(Error::AttachmentConflict { .. })
     ));
 }
@@ -99,11 +167,21 @@ async fn repeated_reserve_is_idempotent_and_new_sandbox_takes_over() {
 #[tokio::test]
 async fn release_frees_exactly_the_owner_and_twice_is_fine() {
     let f = fixture(Options::default()).await;
-    let lan = put_subnet(&f.alloc, "lan", subnet_config("10.230.0.0/24", "10.230.0.1", vec![])).await;
+    let lan = put_subnet(
+        &f.alloc,
+        "lan",
+        subnet_config("10.230.0.0/24", "10.230.0.1", vec![]),
+    )
+    .await;
     let o = owner(3);
     let res = f
         .alloc
-        .reserve(&lan, &o, IpRequest::Static(ip("10.230.0.50")), &MacRequest::Static(mac("02:00:00:00:00:50")))
+        .reserve(
+            &lan,
+            &o,
+            IpRequest::Static(ip("10.230.0.50")),
+            &MacRequest::Static(mac("02:00:00:00:00:50")),
+        )
         .await
         .unwrap();
     f.alloc.commit(&res).await.unwrap();
@@ -112,20 +190,35 @@ async fn release_frees_exactly_the_owner_and_twice_is_fine() {
 
     let mut stranger = o.clone();
     stranger.container_id = "someone-else".into();
-    assert!(matches!(f.alloc.release(&stranger).await.unwrap(), Released::Stale(_)));
-    assert!(matches!(f.alloc.release(&o).await.unwrap(), Released::Freed(_)));
+    assert!(matches!(
+        f.alloc.release(&stranger).await.unwrap(),
+        Released::Stale(_)
+    ));
+    assert!(matches!(
+        f.alloc.release(&o).await.unwrap(),
+        Released::Freed(_)
+    ));
     assert_eq!(f.alloc.release(&o).await.unwrap(), Released::NotHeld);
 
     // Every key of the reservation is gone, so both addresses can be taken again.
     let prefix = format!("{}/", f.cfg.prefix);
-    let left = f.etcd.etcdctl(&["get", "--prefix", "--keys-only", &prefix]).unwrap();
+    let left = f
+        .etcd
+        .etcdctl(&["get", "--prefix", "--keys-only", &prefix])
+        .unwrap();
     let left: Vec<&str> = left.lines().filter(|l| !l.is_empty()).collect();
     assert!(
-        left.iter().all(|k| k.contains("/config/") || k.ends_with("/schema")),
+        left.iter()
+            .all(|k| k.contains("/config/") || k.ends_with("/schema")),
         "leftover keys: {left:?}"
     );
     f.alloc
-        .reserve(&lan, &owner(4), IpRequest::Static(ip("10.230.0.50")), &MacRequest::Static(mac("02:00:00:00:00:50")))
+        .reserve(
+            &lan,
+            &owner(4),
+            IpRequest::Static(ip("10.230.0.50")),
+            &MacRequest::Static(mac("02:00:00:00:00:50")),
+        )
         .await
         .unwrap();
 }
@@ -133,13 +226,41 @@ async fn release_frees_exactly_the_owner_and_twice_is_fine() {
 #[tokio::test]
 async fn release_exact_never_touches_a_newer_reservation() {
     let f = fixture(Options::default()).await;
-    let lan = put_subnet(&f.alloc, "lan", subnet_config("10.230.0.0/24", "10.230.0.1", vec![])).await;
-    let old = f.alloc.reserve(&lan, &owner(1), IpRequest::Static(ip("10.230.0.9")), &MacRequest::None).await.unwrap();
+    let lan = put_subnet(
+        &f.alloc,
+        "lan",
+        subnet_config("10.230.0.0/24", "10.230.0.1", vec![]),
+    )
+    .await;
+    let old = f
+        .alloc
+        .reserve(
+            &lan,
+            &owner(1),
+            IpRequest::Static(ip("10.230.0.9")),
+            &MacRequest::None,
+        )
+        .await
+        .unwrap();
     f.alloc.release(&owner(1)).await.unwrap();
     // The same address is re-reserved by a new pod before the collector acts on its stale view.
-    let newer = f.alloc.reserve(&lan, &owner(2), IpRequest::Static(ip("10.230.0.9")), &MacRequest::None).await.unwrap();
+    let newer = f
+        .alloc
+        .reserve(
+            &lan,
+            &owner(2),
+            IpRequest::Static(ip("10.230.0.9")),
+            &MacRequest::None,
+        )
+        .await
+        .unwrap();
     assert!(!f.alloc.release_exact(&old).await.unwrap());
-    let holder = f.alloc.holder_of_ip("lan", ip("10.230.0.9")).await.unwrap().unwrap();
+    let holder = f
+        .alloc
+        .holder_of_ip("lan", ip("10.230.0.9"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(holder.record.owner.pod_uid, "uid-2");
     assert!(f.alloc.release_exact(&newer).await.unwrap());
 }
@@ -150,31 +271,64 @@ async fn usage_counts_without_listing() {
     let lan = put_subnet(
         &f.alloc,
         "lan",
-        subnet_config("10.230.0.0/24", "10.230.0.1", vec![range("10.230.0.10", "10.230.0.29")]),
+        subnet_config(
+            "10.230.0.0/24",
+            "10.230.0.1",
+            vec![range("10.230.0.10", "10.230.0.29")],
+        ),
     )
     .await;
     for i in 0..5 {
-        f.alloc.reserve(&lan, &owner(i), IpRequest::Auto, &MacRequest::None).await.unwrap();
+        f.alloc
+            .reserve(&lan, &owner(i), IpRequest::Auto, &MacRequest::None)
+            .await
+            .unwrap();
     }
     let u = f.alloc.usage(&lan).await.unwrap();
     assert_eq!((u.used, u.capacity, u.free), (5, 20, 15));
-    let ips: HashSet<IpAddr> = f.alloc.all().await.unwrap().into_iter().map(|r| r.record.ip).collect();
+    let ips: HashSet<IpAddr> = f
+        .alloc
+        .all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.record.ip)
+        .collect();
     assert_eq!(ips.len(), 5);
-    assert!(ips.iter().all(|a| lan.pool().contains(static_macvlan_allocator::addr::ip_to_u128(*a))));
+    assert!(ips.iter().all(|a| lan
+        .pool()
+        .contains(static_macvlan_allocator::addr::ip_to_u128(*a))));
 }
 
 #[tokio::test]
 async fn ipv6_auto_and_static() {
     let f = fixture(Options::default()).await;
-    let spec = subnet_config("fd00:230::/64", "fd00:230::1", vec![range("fd00:230::100", "fd00:230::1ff")]);
+    let spec = subnet_config(
+        "fd00:230::/64",
+        "fd00:230::1",
+        vec![range("fd00:230::100", "fd00:230::1ff")],
+    );
     let lan6 = put_subnet(&f.alloc, "lan6", spec).await;
-    let a = f.alloc.reserve(&lan6, &owner(1), IpRequest::Auto, &MacRequest::None).await.unwrap();
+    let a = f
+        .alloc
+        .reserve(&lan6, &owner(1), IpRequest::Auto, &MacRequest::None)
+        .await
+        .unwrap();
     assert!(a.record.ip.is_ipv6() && lan6.cidr.contains(a.record.ip));
     assert_eq!(a.record.prefix_len, 64);
     let key = f.alloc.keys().ip("lan6", a.record.ip);
-    assert!(f.etcd.etcdctl(&["get", &key]).unwrap().contains("\"podUid\":\"uid-1\""));
+    assert!(f
+        .etcd
+        .etcdctl(&["get", &key])
+        .unwrap()
+        .contains("\"podUid\":\"uid-1\""));
     f.alloc
-        .reserve(&lan6, &owner(2), IpRequest::Static(ip("fd00:230::ffff")), &MacRequest::None)
+        .reserve(
+            &lan6,
+            &owner(2),
+            IpRequest::Static(ip("fd00:230::ffff")),
+            &MacRequest::None,
+        )
         .await
         .unwrap();
 }
@@ -182,16 +336,27 @@ async fn ipv6_auto_and_static() {
 #[tokio::test]
 async fn bad_input_writes_nothing() {
     let f = fixture(Options::default()).await;
-    let lan = put_subnet(&f.alloc, "lan", subnet_config("10.230.0.0/24", "10.230.0.1", vec![])).await;
+    let lan = put_subnet(
+        &f.alloc,
+        "lan",
+        subnet_config("10.230.0.0/24", "10.230.0.1", vec![]),
+    )
+    .await;
     let rev = f.etcd.revision().await.unwrap();
 
     type Edit = fn(&mut SubnetConfig);
     let bad_subnets: &[(&str, Edit)] = &[
         ("cidr", |c| c.cidr = "10.230.0/24".into()),
-        ("ranges[0].end", |c| c.ranges = vec![range("10.230.0.10", "10.231.0.10")]),
+        ("ranges[0].end", |c| {
+            c.ranges = vec![range("10.230.0.10", "10.231.0.10")]
+        }),
         ("gateway", |c| c.gateway = Some("192.168.1.1".into())),
-        ("ranges[0].start", |c| c.ranges = vec![range("10.230.0.90", "10.230.0.10")]),
-        ("ranges[0].start", |c| c.ranges = vec![range("fd00::1", "fd00::2")]),
+        ("ranges[0].start", |c| {
+            c.ranges = vec![range("10.230.0.90", "10.230.0.10")]
+        }),
+        ("ranges[0].start", |c| {
+            c.ranges = vec![range("fd00::1", "fd00::2")]
+        }),
     ];
     for (field, edit) in bad_subnets {
         let mut spec = subnet_config("10.230.0.0/24", "10.230.0.1", vec![]);
@@ -206,7 +371,10 @@ async fn bad_input_writes_nothing() {
             })
             .await
             .unwrap_err();
-        assert!(matches!(&err, Error::Invalid { field: f, .. } if f == field), "{field}: {err}");
+        assert!(
+            matches!(&err, Error::Invalid { field: f, .. } if f == field),
+            "{field}: {err}"
+        );
     }
     let bad_pools = [
         ("02:00:00:00:00:zz", "02:00:00:00:00:ff"),
@@ -232,38 +400,73 @@ async fn bad_input_writes_nothing() {
 
     let mut bad_owner = owner(1);
     bad_owner.pod_uid = "a/b".into();
-    let err = f.alloc.reserve(&lan, &bad_owner, IpRequest::Auto, &MacRequest::None).await.unwrap_err();
+    let err = f
+        .alloc
+        .reserve(&lan, &bad_owner, IpRequest::Auto, &MacRequest::None)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("owner.podUid"), "{err}");
-    for (addr, what) in [("10.230.1.5", "not inside"), ("10.230.0.1", "gateway"), ("10.230.0.255", "broadcast")] {
+    for (addr, what) in [
+        ("10.230.1.5", "not inside"),
+        ("10.230.0.1", "gateway"),
+        ("10.230.0.255", "broadcast"),
+    ] {
         let err = f
             .alloc
-            .reserve(&lan, &owner(1), IpRequest::Static(ip(addr)), &MacRequest::None)
+            .reserve(
+                &lan,
+                &owner(1),
+                IpRequest::Static(ip(addr)),
+                &MacRequest::None,
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::OutsideSubnet { .. }) && err.to_string().contains(what), "{addr}: {err}");
+        assert!(
+            matches!(err, Error::OutsideSubnet { .. }) && err.to_string().contains(what),
+            "{addr}: {err}"
+        );
     }
     let err = f
         .alloc
-        .reserve(&lan, &owner(1), IpRequest::Auto, &MacRequest::Static(mac("01:00:5e:00:00:01")))
+        .reserve(
+            &lan,
+            &owner(1),
+            IpRequest::Auto,
+            &MacRequest::Static(mac("01:00:5e:00:00:01")),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("mac"), "{err}");
 
-    assert_eq!(f.etcd.revision().await.unwrap(), rev, "bad input changed etcd");
+    assert_eq!(
+        f.etcd.revision().await.unwrap(),
+        rev,
+        "bad input changed etcd"
+    );
 }
 
 #[tokio::test]
 async fn missing_config_is_a_clear_error() {
     let f = fixture(Options::default()).await;
     let err = f.alloc.get_subnet("nope").await.unwrap_err();
-    assert!(matches!(err, Error::SubnetNotFound(..)) && err.to_string().contains("nope"), "{err}");
+    assert!(
+        matches!(err, Error::SubnetNotFound(..)) && err.to_string().contains("nope"),
+        "{err}"
+    );
     let err = f.alloc.get_macpool("nope").await.unwrap_err();
     assert!(matches!(err, Error::MacPoolNotFound(..)), "{err}");
     // A hand-written config that does not validate is reported as corrupt, with the reason.
     let key = f.alloc.keys().subnet("hand");
     f.etcd
-        .etcdctl(&["put", &key, r#"{"name":"hand","spec":{"master":"eth0","cidr":"10.0.0.0/33"}}"#])
+        .etcdctl(&[
+            "put",
+            &key,
+            r#"{"name":"hand","spec":{"master":"eth0","cidr":"10.0.0.0/33"}}"#,
+        ])
         .unwrap();
     let err = f.alloc.get_subnet("hand").await.unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }) && err.to_string().contains("cidr"), "{err}");
+    assert!(
+        matches!(err, Error::Corrupt { .. }) && err.to_string().contains("cidr"),
+        "{err}"
+    );
 }
