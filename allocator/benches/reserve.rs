@@ -161,155 +161,174 @@ async fn fill(alloc: &Allocator, subnet: &Subnet, fraction: f64) -> u128 {
     chosen
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+/// Single-client figures run on a current-thread runtime, as the CNI plugin does (one process,
+/// one thread); the 64-client figures on a two-worker runtime.
+fn main() {
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let etcd = EtcdServer::start().expect("start etcd (apt-get install -y etcd-server)");
     let seq = if quick() { 200 } else { 2000 };
     let conc_total = if quick() { 1280 } else { 12_800 };
-    let etcd = EtcdServer::start().expect("start etcd (apt-get install -y etcd-server)");
-    println!("static-macvlan allocator benchmark — etcd {} (data on disk), {} sequential ops, {} ops at {} clients", etcd.endpoint(), seq, conc_total, CLIENTS);
+    let per = conc_total / CLIENTS;
+    let prefix = etcd.fresh_prefix();
 
     // Raw floor, one client.
-    let mut client = etcd.client().await.unwrap();
-    let prefix = etcd.fresh_prefix();
-    for i in 0..50 {
-        raw_create(&mut client, format!("{prefix}/warm/{i}")).await;
-    }
-    let mut v = Vec::with_capacity(seq);
-    for i in 0..seq {
-        let t = Instant::now();
-        raw_create(&mut client, format!("{prefix}/seq/{i}")).await;
-        v.push(t.elapsed());
-    }
-    let raw = latency(v);
+    let raw = single.block_on(async {
+        let mut client = etcd.client().await.unwrap();
+        for i in 0..50 {
+            raw_create(&mut client, format!("{prefix}/warm/{i}")).await;
+        }
+        let mut v = Vec::with_capacity(seq);
+        for i in 0..seq {
+            let t = Instant::now();
+            raw_create(&mut client, format!("{prefix}/seq/{i}")).await;
+            v.push(t.elapsed());
+        }
+        latency(v)
+    });
 
     // Raw floor, 64 clients with their own connections.
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(etcd.client().await.unwrap());
-    }
-    let per = conc_total / CLIENTS;
-    let t = Instant::now();
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(c, mut client)| {
-            let prefix = prefix.clone();
-            tokio::spawn(async move {
-                for i in 0..per {
-                    raw_create(&mut client, format!("{prefix}/conc/{c}/{i}")).await;
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let raw_tput = (per * CLIENTS) as f64 / t.elapsed().as_secs_f64();
-
-    // reserve, one client, IP + MAC in a /16.
-    let (cfg, subnet, pool_cfg) = setup(&etcd, "seq", "10.60.0.0/16", "10.60.0.1").await;
-    let alloc = Allocator::connect(&cfg, Options::default()).await.unwrap();
-    let pool = static_macvlan_allocator::MacPool::from_config("bench", &pool_cfg).unwrap();
-    let mac = MacRequest::Auto(pool.clone());
-    reserve_seq(&alloc, &subnet, &mac, "warm", 50).await;
-    let res = reserve_seq(&alloc, &subnet, &mac, "seq", seq).await;
-
-    // reserve + commit, one client (what a plugin ADD pays in etcd).
-    let mut v = Vec::with_capacity(seq);
-    for i in 0..seq {
+    let raw_tput = multi.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(etcd.client().await.unwrap());
+        }
         let t = Instant::now();
-        let r = alloc
-            .reserve(&subnet, &owner("rc", i), IpRequest::Auto, &mac)
-            .await
-            .unwrap();
-        alloc.commit(&r).await.unwrap();
-        v.push(t.elapsed());
-    }
-    let res_commit = latency(v);
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(c, mut client)| {
+                let prefix = prefix.clone();
+                tokio::spawn(async move {
+                    for i in 0..per {
+                        raw_create(&mut client, format!("{prefix}/conc/{c}/{i}")).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (per * CLIENTS) as f64 / t.elapsed().as_secs_f64()
+    });
+
+    // reserve, one client, IP + MAC in a /16; then reserve + commit (what an ADD pays in etcd).
+    let (res, res_commit, mac) = single.block_on(async {
+        let (cfg, subnet, pool_cfg) = setup(&etcd, "seq", "10.60.0.0/16", "10.60.0.1").await;
+        let alloc = Allocator::connect(&cfg, Options::default()).await.unwrap();
+        let pool = static_macvlan_allocator::MacPool::from_config("bench", &pool_cfg).unwrap();
+        let mac = MacRequest::Auto(pool);
+        reserve_seq(&alloc, &subnet, &mac, "warm", 50).await;
+        let res = reserve_seq(&alloc, &subnet, &mac, "seq", seq).await;
+        let mut v = Vec::with_capacity(seq);
+        for i in 0..seq {
+            let t = Instant::now();
+            let r = alloc
+                .reserve(&subnet, &owner("rc", i), IpRequest::Auto, &mac)
+                .await
+                .unwrap();
+            alloc.commit(&r).await.unwrap();
+            v.push(t.elapsed());
+        }
+        (res, latency(v), mac)
+    });
 
     // reserve, 64 clients (each its own connection and lease, like 64 plugin processes), one subnet.
-    let (cfg, subnet, _) = setup(&etcd, "conc", "10.61.0.0/16", "10.61.0.1").await;
-    let mut allocs = Vec::new();
-    for _ in 0..CLIENTS {
-        allocs.push(Allocator::connect(&cfg, Options::default()).await.unwrap());
-    }
-    let t = Instant::now();
-    let tasks: Vec<_> = allocs
-        .into_iter()
-        .enumerate()
-        .map(|(c, alloc)| {
-            let subnet = subnet.clone();
-            let mac = mac.clone();
-            tokio::spawn(async move {
-                for i in 0..per {
-                    alloc
-                        .reserve(&subnet, &owner(&format!("c{c}"), i), IpRequest::Auto, &mac)
-                        .await
-                        .expect("reserve");
-                }
+    let res_tput = multi.block_on(async {
+        let (cfg, subnet, _) = setup(&etcd, "conc", "10.61.0.0/16", "10.61.0.1").await;
+        let mut allocs = Vec::new();
+        for _ in 0..CLIENTS {
+            allocs.push(Allocator::connect(&cfg, Options::default()).await.unwrap());
+        }
+        let t = Instant::now();
+        let tasks: Vec<_> = allocs
+            .into_iter()
+            .enumerate()
+            .map(|(c, alloc)| {
+                let subnet = subnet.clone();
+                let mac = mac.clone();
+                tokio::spawn(async move {
+                    for i in 0..per {
+                        alloc
+                            .reserve(&subnet, &owner(&format!("c{c}"), i), IpRequest::Auto, &mac)
+                            .await
+                            .expect("reserve");
+                    }
+                })
             })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let res_tput = (per * CLIENTS) as f64 / t.elapsed().as_secs_f64();
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (per * CLIENTS) as f64 / t.elapsed().as_secs_f64()
+    });
 
     // Occupancy: a /16 empty vs. 90 % full.
-    let (cfg, empty, _) = setup(&etcd, "empty", "10.62.0.0/16", "10.62.0.1").await;
-    let alloc = Allocator::connect(&cfg, Options::default()).await.unwrap();
-    let at0 = reserve_seq(&alloc, &empty, &MacRequest::None, "o0", seq / 2).await;
-    let (cfg, full, _) = setup(&etcd, "full", "10.63.0.0/16", "10.63.0.1").await;
-    let alloc = Allocator::connect(&cfg, Options::default()).await.unwrap();
-    let filled = fill(&alloc, &full, 0.90).await;
-    let usage = alloc.usage(&full).await.unwrap();
-    let at90 = reserve_seq(&alloc, &full, &MacRequest::None, "o90", seq / 2).await;
+    let (at0, at90, filled, occupancy) = single.block_on(async {
+        let (cfg, empty, _) = setup(&etcd, "empty", "10.62.0.0/16", "10.62.0.1").await;
+        let alloc = Allocator::connect(&cfg, Options::default()).await.unwrap();
+        let at0 = reserve_seq(&alloc, &empty, &MacRequest::None, "o0", seq / 2).await;
+        let (cfg, full, _) = setup(&etcd, "full", "10.63.0.0/16", "10.63.0.1").await;
+        let alloc = Allocator::connect(&cfg, Options::default()).await.unwrap();
+        let filled = fill(&alloc, &full, 0.90).await;
+        let usage = alloc.usage(&full).await.unwrap();
+        let at90 = reserve_seq(&alloc, &full, &MacRequest::None, "o90", seq / 2).await;
+        (
+            at0,
+            at90,
+            filled,
+            usage.used as f64 * 100.0 / usage.capacity as f64,
+        )
+    });
 
-    println!();
-    println!("| measure                                   |   p50 ms |   p99 ms | ops/s   |");
-    println!("|-------------------------------------------|---------:|---------:|---------|");
     println!(
-        "| raw create-if-absent txn, 1 client        | {:8.3} | {:8.3} |         |",
-        ms(raw.p50),
-        ms(raw.p99)
-    );
-    println!("| raw create-if-absent txn, {CLIENTS} clients       |          |          | {raw_tput:7.0} |");
-    println!(
-        "| reserve ip+mac, 1 client                  | {:8.3} | {:8.3} |         |",
-        ms(res.p50),
-        ms(res.p99)
-    );
-    println!(
-        "| reserve + commit, 1 client                | {:8.3} | {:8.3} |         |",
-        ms(res_commit.p50),
-        ms(res_commit.p99)
-    );
-    println!("| reserve ip+mac, {CLIENTS} clients, one subnet     |          |          | {res_tput:7.0} |");
-    println!(
-        "| reserve ip, /16 at 0 %                    | {:8.3} | {:8.3} |         |",
-        ms(at0.p50),
-        ms(at0.p99)
-    );
-    println!(
-        "| reserve ip, /16 at {:4.1} % ({filled} filled) | {:8.3} | {:8.3} |         |",
-        usage.used as f64 * 100.0 / usage.capacity as f64,
-        ms(at90.p50),
-        ms(at90.p99)
+        "static-macvlan allocator benchmark — etcd {} (data on disk), {seq} sequential ops, \
+         {conc_total} ops at {CLIENTS} clients",
+        etcd.endpoint()
     );
     println!();
+    println!("| measure                                   |   p50 ms |   p99 ms |   ops/s |");
+    println!("|-------------------------------------------|---------:|---------:|--------:|");
+    let row = |name: &str, l: &Latency| {
+        println!(
+            "| {name:<41} | {:8.3} | {:8.3} |         |",
+            ms(l.p50),
+            ms(l.p99)
+        );
+    };
+    let tput = |name: &str, t: f64| println!("| {name:<41} |          |          | {t:7.0} |");
+    row("raw create-if-absent txn, 1 client", &raw);
+    tput("raw create-if-absent txn, 64 clients", raw_tput);
+    row("reserve ip+mac, 1 client", &res);
+    row("reserve + commit, 1 client", &res_commit);
+    tput("reserve ip+mac, 64 clients, one subnet", res_tput);
+    row("reserve ip, /16 at 0 %", &at0);
+    row(
+        &format!("reserve ip, /16 at {occupancy:.1} % ({filled} filled)"),
+        &at90,
+    );
+    println!();
+    let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
     let r1 = ms(res.p50) / ms(raw.p50);
     let r2 = res_tput / raw_tput;
     let r3 = ms(at90.p50) / ms(at0.p50);
     println!(
-        "reserve p50 / raw p50            = {r1:.2}  (target <= 2.0)  {}",
-        if r1 <= 2.0 { "ok" } else { "MISSED" }
+        "reserve p50 / raw p50              = {r1:.2}  (target <= 2.0)  {}",
+        verdict(r1 <= 2.0)
     );
     println!(
-        "reserve 64-client / raw 64-client = {r2:.2}  (target >= 0.5)  {}",
-        if r2 >= 0.5 { "ok" } else { "MISSED" }
+        "reserve 64-client / raw 64-client  = {r2:.2}  (target >= 0.5)  {}",
+        verdict(r2 >= 0.5)
     );
     println!(
-        "reserve p50 at 90 % / at 0 %     = {r3:.2}  (target <= 1.5)  {}",
-        if r3 <= 1.5 { "ok" } else { "MISSED" }
+        "reserve p50 at 90 % / at 0 %       = {r3:.2}  (target <= 1.5)  {}",
+        verdict(r3 <= 1.5)
     );
 }

@@ -2,8 +2,9 @@
 //!
 //! A window is the pool's members inside one aligned block of the address space, read from etcd in
 //! one operation wherever the key text allows it:
-//! - IPv4: the block is a /24, and every address of `a.b.c.0/24` — and no other — has a key
-//!   starting with `…/ips/<subnet>/a.b.c.`, so one prefix read returns the taken ones.
+//! - IPv4: a /24 is cut into 8 windows of 32 addresses that are consecutive in *text* order
+//!   (`…/ips/lan/10.0.0.100` … `10.0.0.127`, `10.0.0.13` …), so each window is one key range
+//!   that holds its 32 addresses and no other.
 //! - MAC: keys are fixed-width lowercase hex, so text order is numeric order and a block of 64
 //!   addresses is one key range.
 //! - IPv6: compressed text has no such property, so the members of a block of 32 are read as point
@@ -21,6 +22,27 @@ use crate::keys::Keys;
 
 /// log2 of the block size per address family.
 const IPV4_BITS: u32 = 8;
+/// Windows per IPv4 /24 block.
+const IPV4_SUBS: u128 = 8;
+
+/// The last octets 0–255 in the text order etcd sorts keys in, cut into [`IPV4_SUBS`] runs.
+fn octets_in_text_order() -> &'static [u8; 256] {
+    static ORDER: std::sync::OnceLock<[u8; 256]> = std::sync::OnceLock::new();
+    ORDER.get_or_init(|| {
+        let mut v: Vec<u8> = (0..=255).collect();
+        v.sort_by_key(|o| o.to_string());
+        v.try_into().expect("256 octets")
+    })
+}
+
+/// Which text-order run of its /24 an IPv4 address's last octet falls in.
+fn ipv4_sub(octet: u8) -> u128 {
+    let pos = octets_in_text_order()
+        .iter()
+        .position(|&o| o == octet)
+        .expect("every octet is listed");
+    pos as u128 / (256 / IPV4_SUBS)
+}
 const IPV6_BITS: u32 = 5;
 const MAC_BITS: u32 = 6;
 
@@ -41,6 +63,17 @@ pub(crate) enum Space<'a> {
 }
 
 impl Space<'_> {
+    /// Windows per block.
+    fn subs(&self) -> u128 {
+        match self {
+            Space::Ip {
+                like: IpAddr::V4(_),
+                ..
+            } => IPV4_SUBS,
+            _ => 1,
+        }
+    }
+
     fn bits(&self) -> u32 {
         match self {
             Space::Ip {
@@ -67,6 +100,7 @@ pub(crate) enum Addr {
 /// is the block of a random member) onwards, each once.
 pub(crate) struct Blocks {
     bits: u32,
+    subs: u128,
     /// Inclusive ranges of block numbers, sorted, disjoint.
     ranges: Vec<(u128, u128)>,
     pub(crate) total: u128,
@@ -76,7 +110,7 @@ pub(crate) struct Blocks {
 
 impl Blocks {
     pub(crate) fn new(set: &AddrSet, space: Space<'_>) -> Self {
-        let bits = space.bits();
+        let (bits, subs) = (space.bits(), space.subs());
         let mut ranges: Vec<(u128, u128)> = Vec::new();
         for &(a, b) in set.segments() {
             let (lo, hi) = (a >> bits, b >> bits);
@@ -85,15 +119,17 @@ impl Blocks {
                 _ => ranges.push((lo, hi)),
             }
         }
-        let total = ranges.iter().map(|(a, b)| b - a + 1).sum();
+        let total = ranges.iter().map(|(a, b)| b - a + 1).sum::<u128>() * subs;
         let start = if set.is_empty() {
             0
         } else {
             let member = set.nth(fastrand::u128(0..set.len())).expect("index < len");
-            Self::ordinal(&ranges, member >> bits)
+            let sub = if subs > 1 { ipv4_sub(member as u8) } else { 0 };
+            Self::ordinal(&ranges, member >> bits) * subs + sub
         };
         Blocks {
             bits,
+            subs,
             ranges,
             total,
             start,
@@ -123,112 +159,163 @@ impl Blocks {
         unreachable!("ordinal below total")
     }
 
-    /// The next block number, or `None` once every block was visited.
-    pub(crate) fn advance(&mut self) -> Option<u128> {
+    /// The next window (block number, run within the block), or `None` once every window was
+    /// visited.
+    pub(crate) fn advance(&mut self) -> Option<(u128, u128)> {
         if self.visited >= self.total {
             return None;
         }
         let ord = (self.start + self.visited) % self.total;
         self.visited += 1;
-        Some(self.block_at(ord))
+        Some((self.block_at(ord / self.subs), ord % self.subs))
     }
 
-    /// The window of `set` in block `block`.
+    /// The window of `set` in block `block`, run `sub`.
     pub(crate) fn window(
         &self,
         keys: &Keys,
         set: &AddrSet,
         space: Space<'_>,
-        block: u128,
+        (block, sub): (u128, u128),
     ) -> Window {
         let lo = block << self.bits;
         let hi = lo | ((1u128 << self.bits) - 1);
-        let members: Vec<(Addr, String)> = (lo..=hi)
+        let candidates: Vec<u128> = if self.subs > 1 {
+            let run = (256 / self.subs) as usize;
+            let order = octets_in_text_order();
+            order[sub as usize * run..(sub as usize + 1) * run]
+                .iter()
+                .map(|&o| lo | u128::from(o))
+                .collect()
+        } else {
+            (lo..=hi).collect()
+        };
+        let members: Vec<u128> = candidates
+            .into_iter()
             .filter(|x| set.contains(*x))
-            .map(|x| match space {
-                Space::Ip { subnet, like } => {
-                    let ip = u128_to_ip(x, like);
-                    (Addr::Ip(ip), keys.ip(subnet, ip))
-                }
-                Space::Mac => {
-                    let mac = MacAddr::from_u64(x as u64);
-                    (Addr::Mac(mac), keys.mac(mac))
-                }
-            })
             .collect();
+        let key_of = |x: u128| match space {
+            Space::Ip { subnet, like } => keys.ip(subnet, u128_to_ip(x, like)),
+            Space::Mac => keys.mac(MacAddr::from_u64(x as u64)),
+        };
         let read = match space {
             Space::Ip {
                 subnet,
                 like: IpAddr::V4(_),
             } => {
+                // From this run's first address to the next run's first one (or the end of the
+                // /24's prefix), in text order.
                 let o = (lo as u32).to_be_bytes();
-                Read::Prefix(format!("{}{}.{}.{}.", keys.ips(subnet), o[0], o[1], o[2]))
+                let prefix = format!("{}{}.{}.{}.", keys.ips(subnet), o[0], o[1], o[2]);
+                let run = (256 / self.subs) as usize;
+                let order = octets_in_text_order();
+                let first = format!("{prefix}{}", order[sub as usize * run]);
+                let end = match order.get((sub as usize + 1) * run) {
+                    Some(next) => format!("{prefix}{next}").into_bytes(),
+                    None => crate::keys::prefix_end(&prefix),
+                };
+                Read::Range(first, end)
             }
-            Space::Ip { .. } => Read::Points,
+            Space::Ip { .. } => Read::Points(members.iter().map(|&x| key_of(x)).collect()),
             Space::Mac => {
-                let mut end = keys.mac(MacAddr::from_u64(hi as u64)).into_bytes();
+                let mut end = key_of(hi).into_bytes();
                 end.push(0);
-                Read::Range(keys.mac(MacAddr::from_u64(lo as u64)), end)
+                Read::Range(key_of(lo), end)
             }
         };
-        Window { members, read }
+        let like = match space {
+            Space::Ip { like, .. } => Some(like),
+            Space::Mac => None,
+        };
+        Window {
+            members,
+            read,
+            like,
+            strip: match space {
+                Space::Ip { subnet, .. } => keys.ips(subnet).len(),
+                Space::Mac => keys.macs().len(),
+            },
+        }
     }
 }
 
 enum Read {
-    Prefix(String),
     Range(String, Vec<u8>),
-    Points,
+    Points(Vec<String>),
 }
 
 /// The members of one block and how to read which of them are taken.
 pub(crate) struct Window {
-    members: Vec<(Addr, String)>,
+    members: Vec<u128>,
     read: Read,
+    /// The IP family of the members; `None` for MACs.
+    like: Option<IpAddr>,
+    /// Length of the key prefix before the address text.
+    strip: usize,
 }
 
 impl Window {
     /// The read operations, to put in a transaction.
     pub(crate) fn ops(&self) -> Vec<TxnOp> {
         match &self.read {
-            Read::Prefix(p) => vec![TxnOp::get(p.clone(), Some(hint_opts(true).with_prefix()))],
             Read::Range(start, end) => vec![TxnOp::get(
                 start.clone(),
                 Some(hint_opts(true).with_range(end.clone())),
             )],
-            Read::Points => self
-                .members
+            Read::Points(keys) => keys
                 .iter()
-                .map(|(_, k)| TxnOp::get(k.clone(), Some(hint_opts(true))))
+                .map(|k| TxnOp::get(k.clone(), Some(hint_opts(true))))
                 .collect(),
+        }
+    }
+
+    fn addr(&self, x: u128) -> Addr {
+        match self.like {
+            Some(like) => Addr::Ip(u128_to_ip(x, like)),
+            None => Addr::Mac(MacAddr::from_u64(x as u64)),
+        }
+    }
+
+    /// The address a returned key names, parsed from its text after the prefix.
+    fn parse(&self, key: &[u8]) -> Option<u128> {
+        let text = std::str::from_utf8(key.get(self.strip..)?).ok()?;
+        match self.like {
+            Some(_) => text.parse::<IpAddr>().ok().map(crate::addr::ip_to_u128),
+            None => text.parse::<MacAddr>().ok().map(|m| u128::from(m.to_u64())),
         }
     }
 
     /// A random member absent from `resp` (the responses of [`Window::ops`], in order).
     pub(crate) fn pick_free(&self, resp: &[TxnOpResponse]) -> Option<Addr> {
         let kvs = |r: &TxnOpResponse| match r {
-            TxnOpResponse::Get(g) => g.kvs().to_vec(),
-            _ => Vec::new(),
+            TxnOpResponse::Get(g) => g.kvs().len(),
+            _ => 0,
         };
-        let free: Vec<Addr> = match self.read {
-            Read::Points => self
+        let free: Vec<u128> = match &self.read {
+            Read::Points(_) => self
                 .members
                 .iter()
                 .zip(resp)
-                .filter(|(_, r)| kvs(r).is_empty())
-                .map(|((a, _), _)| *a)
+                .filter(|(_, r)| kvs(r) == 0)
+                .map(|(x, _)| *x)
                 .collect(),
             _ => {
-                let taken: Vec<_> = resp.first().map(kvs).unwrap_or_default();
-                let taken: HashSet<&[u8]> = taken.iter().map(|kv| kv.key()).collect();
+                let taken: HashSet<u128> = match resp.first() {
+                    Some(TxnOpResponse::Get(g)) => g
+                        .kvs()
+                        .iter()
+                        .filter_map(|kv| self.parse(kv.key()))
+                        .collect(),
+                    _ => HashSet::new(),
+                };
                 self.members
                     .iter()
-                    .filter(|(_, k)| !taken.contains(k.as_bytes()))
-                    .map(|(a, _)| *a)
+                    .filter(|x| !taken.contains(x))
+                    .copied()
                     .collect()
             }
         };
-        (!free.is_empty()).then(|| free[fastrand::usize(0..free.len())])
+        (!free.is_empty()).then(|| self.addr(free[fastrand::usize(0..free.len())]))
     }
 }
 
@@ -248,28 +335,51 @@ mod tests {
                 like,
             },
         );
-        assert_eq!(b.total, 2);
+        assert_eq!(b.total, 16);
         let mut seen = Vec::new();
         while let Some(k) = b.advance() {
             seen.push(k);
         }
         seen.sort_unstable();
-        assert_eq!(seen, vec![0x0a0000, 0x0a0003]);
+        let want: Vec<(u128, u128)> = [0x0a0000, 0x0a0003]
+            .into_iter()
+            .flat_map(|b| (0..8).map(move |s| (b, s)))
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[test]
-    fn ipv4_window_is_one_prefix_read() {
-        let set = AddrSet::from_segments([(0x0ae6_0002, 0x0ae6_00fe)]);
+    fn ipv4_runs_are_key_ranges_that_cover_the_block_once() {
+        let set = AddrSet::from_segments([(0x0ae6_0000, 0x0ae6_00ff)]);
         let like: IpAddr = "10.230.0.0".parse().unwrap();
         let space = Space::Ip {
             subnet: "lan",
             like,
         };
         let b = Blocks::new(&set, space);
-        let w = b.window(&Keys::default(), &set, space, 0x0ae600);
-        assert_eq!(w.members.len(), 253);
-        assert_eq!(w.ops().len(), 1);
-        assert!(matches!(&w.read, Read::Prefix(p) if p == "/static-macvlan/ips/lan/10.230.0."));
+        let keys = Keys::default();
+        let mut all = Vec::new();
+        for sub in 0..8 {
+            let w = b.window(&keys, &set, space, (0x0ae600, sub));
+            assert_eq!(w.members.len(), 32);
+            assert_eq!(w.ops().len(), 1);
+            let Read::Range(start, end) = &w.read else {
+                panic!("ipv4 window is not a range")
+            };
+            // Every member's key is inside [start, end) and no other address of the /24 is.
+            for o in 0..=255u128 {
+                let key = keys.ip("lan", u128_to_ip(0x0ae6_0000 | o, like));
+                let inside = key.as_str() >= start.as_str() && key.as_bytes() < end.as_slice();
+                assert_eq!(
+                    inside,
+                    w.members.contains(&(0x0ae6_0000 | o)),
+                    "{key} in run {sub}"
+                );
+            }
+            all.extend(w.members.iter().copied());
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0x0ae6_0000..=0x0ae6_00ff).collect::<Vec<_>>());
     }
 
     #[test]
@@ -285,7 +395,7 @@ mod tests {
             &Keys::default(),
             &set,
             Space::Mac,
-            0x0200_0000_0040 >> MAC_BITS,
+            (0x0200_0000_0040 >> MAC_BITS, 0),
         );
         assert_eq!(w.members.len(), 64);
         match &w.read {
@@ -300,6 +410,9 @@ mod tests {
         let space = Space::Ip { subnet: "v6", like };
         let b = Blocks::new(&set6, space);
         assert_eq!(b.total, 8);
-        assert_eq!(b.window(&Keys::default(), &set6, space, 8).ops().len(), 32);
+        assert_eq!(
+            b.window(&Keys::default(), &set6, space, (8, 0)).ops().len(),
+            32
+        );
     }
 }
