@@ -1,0 +1,12 @@
+//! The static-macvlan CNI plugin as a library, so that its layers can be tested on their own.
+//!
+//! - [`netns`]: network namespaces (open, enter for a scope with a guard, sysctls inside).
+//! - [`netlink`]: links, addresses, routes, VLAN sub-interfaces and the host shim, behind one
+//!   small struct; the pod attachment set-up and tear-down built from them.
+
+pub mod conf;
+pub mod errors;
+pub mod netlink;
+pub mod netns;
+pub mod plugin;
+pub mod types;

@@ -1,0 +1,1051 @@
+//! The CNI commands: ADD, DEL, CHECK, GC, STATUS and VERSION, built from the allocator (etcd) and
+//! the netlink layer.
+//!
+//! ADD validates everything it can before it changes anything (input, subnet, static requests,
+//! the master link and its MTU), then reserves (pending, under a lease), sets the interface up,
+//! and commits. Every step that changed something is recorded in [`Undo`]; a failure undoes them
+//! in reverse order, so a failed ADD leaves no link, no route and no reservation behind.
+//!
+//! DEL is idempotent and lenient: a missing namespace, link or reservation is success. The link
+//! is deleted before the address is released, so an address is never handed to another pod
+//! while the old interface could still answer for it.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+use static_macvlan_allocator::{
+    Allocator, EtcdConfig, IpRequest, MacAddr, MacRequest, Options, Owner, Released, Reservation,
+    State, Subnet,
+};
+
+use crate::conf::{self, Command, EnvMap, NetConf, RuntimeEnv};
+use crate::errors::Error;
+use crate::netlink::{self, LinkLock, NetError, Netlink, PodInterface, Route};
+use crate::netns::Netns;
+use crate::types::{self, CniResult, CniVersion, Interface, IpConfig, RouteConfig};
+
+/// Default directory for node-local state: link locks and the marks of VLAN sub-interfaces
+/// this plugin created (tmpfs: both vanish with the links on reboot).
+pub const DEFAULT_RUN_DIR: &str = "/run/static-macvlan";
+
+/// How long ADD waits for IPv6 duplicate address detection.
+const DAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// STATUS answers within about this long, whatever the etcd timeouts say.
+const STATUS_DIAL_TIMEOUT_MS: u64 = 1500;
+const STATUS_REQUEST_TIMEOUT_MS: u64 = 2000;
+
+/// What one invocation printed and how it ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The JSON for stdout, if any (results, VERSION, and error results).
+    pub stdout: Option<Value>,
+    /// Exit code: 0, or 1 with an error result on stdout.
+    pub exit_code: i32,
+    /// For the log line.
+    pub error: Option<Error>,
+    pub command: Option<Command>,
+    pub container: Option<String>,
+    pub ifname: Option<String>,
+    pub subnet: Option<String>,
+}
+
+/// Node-local settings that are not part of the network configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `$STATIC_MACVLAN_RUN_DIR`, default [`DEFAULT_RUN_DIR`].
+    pub run_dir: PathBuf,
+}
+
+impl Settings {
+    pub fn from_env(env: &EnvMap) -> Settings {
+        Settings {
+            run_dir: env
+                .get("STATIC_MACVLAN_RUN_DIR")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR)),
+        }
+    }
+
+    fn lock_dir(&self) -> PathBuf {
+        self.run_dir.join("locks")
+    }
+
+    /// The mark that says "this plugin created VLAN link `name`".
+    fn vlan_mark(&self, name: &str) -> PathBuf {
+        self.run_dir.join("vlans").join(name)
+    }
+}
+
+/// Runs one invocation: parses the environment and stdin, executes the command, and says what
+/// to print. Never panics on bad input; every failure becomes an error result.
+pub async fn run(env: &EnvMap, stdin: &[u8]) -> Outcome {
+    let mut out = Outcome::new(env);
+    let result = async {
+        let command = Command::from_env(env)?;
+        out.command = Some(command);
+        if command == Command::Version {
+            return Ok(Some(types::version_info()));
+        }
+        let conf = conf::parse_netconf(stdin, env)?;
+        out.subnet = Some(conf.subnet.clone());
+        let settings = Settings::from_env(env);
+        match command {
+            Command::Add => {
+                let rt = RuntimeEnv::from_env(command, env)?;
+                add(&conf, &rt, &settings).await.map(Some)
+            }
+            Command::Del => {
+                let rt = RuntimeEnv::from_env(command, env)?;
+                del(&conf, &rt, &settings).await.map(|()| None)
+            }
+            Command::Check => {
+                let rt = RuntimeEnv::from_env(command, env)?;
+                check(&conf, &rt).await.map(|()| None)
+            }
+            Command::Gc => gc(&conf, &settings).await.map(|()| None),
+            Command::Status => status(&conf).await.map(|()| None),
+            Command::Version => unreachable!("answered above"),
+        }
+    }
+    .await;
+    match result {
+        Ok(stdout) => out.stdout = stdout,
+        Err(err) => out.fail(env, stdin, err),
+    }
+    out
+}
+
+/// The outcome of an invocation that failed before it could start (stdin unreadable…).
+pub fn failed(env: &EnvMap, stdin: &[u8], err: Error) -> Outcome {
+    let mut out = Outcome::new(env);
+    out.command = Command::from_env(env).ok();
+    out.fail(env, stdin, err);
+    out
+}
+
+impl Outcome {
+    fn new(env: &EnvMap) -> Outcome {
+        Outcome {
+            stdout: None,
+            exit_code: 0,
+            error: None,
+            command: None,
+            container: env.get("CNI_CONTAINERID").cloned(),
+            ifname: env.get("CNI_IFNAME").cloned(),
+            subnet: None,
+        }
+    }
+
+    /// Turns `err` into the error result, in the netconf's version when it names one we speak.
+    fn fail(&mut self, env: &EnvMap, stdin: &[u8], err: Error) {
+        let version = conf::peek_version(stdin).unwrap_or(CniVersion::LATEST);
+        let details = details(self, env, &err);
+        self.stdout = Some(types::error_json(version, &err, &details));
+        self.exit_code = 1;
+        self.error = Some(err);
+    }
+}
+
+/// The `details` of an error result: what was being done, and the error's causes.
+fn details(out: &Outcome, env: &EnvMap, err: &Error) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = out.command {
+        parts.push(c.as_str().to_string());
+    }
+    if let Some(c) = &out.container {
+        parts.push(format!("container {c}"));
+    }
+    if let Some(i) = &out.ifname {
+        parts.push(format!("ifname {i}"));
+    }
+    if let Some(n) = env.get("CNI_NETNS").filter(|n| !n.is_empty()) {
+        parts.push(format!("netns {n}"));
+    }
+    if let Some(s) = &out.subnet {
+        parts.push(format!("subnet {s}"));
+    }
+    let mut text = parts.join(" ");
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+async fn connect(conf: &NetConf) -> Result<Allocator, Error> {
+    let opts = Options {
+        pending_ttl: conf.pending_ttl,
+        ..Options::default()
+    };
+    Ok(Allocator::connect(&conf.etcd, opts).await?)
+}
+
+/// Opens `CNI_NETNS`; a path that does not exist is the runtime's error (code 4).
+fn open_netns(path: &Path) -> Result<Netns, Error> {
+    match Netns::open(path) {
+        Ok(ns) => Ok(ns),
+        Err(NetError::Netns { source, .. }) if source.kind() == io::ErrorKind::NotFound => Err(
+            Error::env("CNI_NETNS", path.display().to_string(), "does not exist"),
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The name of the host-side shim on `parent`: `smv-<parent>`, or `smvh<hash>` when that would
+/// exceed the kernel's 15 bytes.
+pub fn shim_name(parent: &str) -> String {
+    let name = format!("smv-{parent}");
+    if name.len() <= netlink::MAX_IFNAME_LEN {
+        return name;
+    }
+    // FNV-1a: stable across versions and builds, unlike std's hasher.
+    let hash = parent.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("smvh{hash:08x}")
+}
+
+/// The parent link of a subnet on this node: the master, or its VLAN sub-interface.
+fn parent_name(master: &str, subnet: &Subnet) -> Result<String, Error> {
+    if subnet.vlan == 0 {
+        Ok(master.to_string())
+    } else {
+        Ok(netlink::vlan_link_name(master, subnet.vlan)?)
+    }
+}
+
+/// The master on this node: the netconf's override, or the subnet's.
+fn master_of(conf: &NetConf, subnet: &Subnet) -> String {
+    conf.master.clone().unwrap_or_else(|| subnet.master.clone())
+}
+
+/// The static IP request in force, checked against the subnet's family and prefix.
+fn ip_request(conf: &NetConf, rt: &RuntimeEnv, subnet: &Subnet) -> Result<IpRequest, Error> {
+    let wanted = conf.static_ips(&rt.args);
+    let Some(first) = wanted.first() else {
+        return Ok(IpRequest::Auto);
+    };
+    let v6 = subnet.cidr.is_ipv6();
+    let Some(req) = wanted.iter().find(|r| r.value.ip.is_ipv6() == v6) else {
+        let list: Vec<String> = wanted.iter().map(|r| r.value.to_string()).collect();
+        let mut field = first.clone();
+        field.field = first
+            .field
+            .split('[')
+            .next()
+            .unwrap_or(&first.field)
+            .to_string();
+        return Err(field.error(
+            list.join(","),
+            format!(
+                "has no IPv{} address for subnet {} ({})",
+                if v6 { 6 } else { 4 },
+                subnet.name,
+                subnet.cidr
+            ),
+        ));
+    };
+    if let Some(p) = req.value.prefix {
+        if p != subnet.cidr.prefix() {
+            return Err(req.error(
+                req.value,
+                format!(
+                    "prefix /{p} differs from /{} of subnet {} ({})",
+                    subnet.cidr.prefix(),
+                    subnet.name,
+                    subnet.cidr
+                ),
+            ));
+        }
+    }
+    Ok(IpRequest::Static(req.value.ip))
+}
+
+/// The routes of an attachment: the default route via the gateway (unless disabled), then the
+/// subnet's routes, whose gateway defaults to the subnet's.
+fn routes_of(subnet: &Subnet) -> Vec<Route> {
+    let mut routes = Vec::new();
+    if subnet.default_route {
+        if let Some(gw) = subnet.gateway {
+            routes.push(Route::default_via(gw));
+        }
+    }
+    for r in &subnet.routes {
+        routes.push(Route {
+            destination: r.dst,
+            gateway: r.gw.or(subnet.gateway),
+        });
+    }
+    routes
+}
+
+fn result_of(
+    subnet: &Subnet,
+    rec_ip: IpAddr,
+    ifname: &str,
+    mac: [u8; 6],
+    netns: &Path,
+) -> CniResult {
+    let address = IpNetwork::new(rec_ip, subnet.cidr.prefix()).expect("prefix of the subnet fits");
+    let dns = subnet
+        .dns
+        .as_ref()
+        .and_then(|d| serde_json::to_value(d).ok())
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
+    CniResult {
+        interfaces: vec![Interface {
+            name: ifname.to_string(),
+            mac: MacAddr(mac).to_string(),
+            sandbox: netns.display().to_string(),
+        }],
+        ips: vec![IpConfig {
+            address,
+            gateway: subnet.gateway,
+            interface: Some(0),
+        }],
+        routes: routes_of(subnet)
+            .into_iter()
+            .map(|r| RouteConfig {
+                dst: r.destination,
+                gw: r.gateway,
+            })
+            .collect(),
+        dns,
+    }
+}
+
+/// What a failing ADD has to take back, in reverse order of doing.
+#[derive(Default)]
+struct Undo {
+    /// The pending reservation this ADD created (not one it found committed).
+    reservation: Option<Reservation>,
+    /// A VLAN sub-interface this ADD created.
+    vlan: Option<String>,
+    /// The pod link exists.
+    link: bool,
+    /// A host route into the shim: (pod ip, shim name).
+    host_route: Option<(IpAddr, String)>,
+}
+
+impl Undo {
+    async fn run(
+        self,
+        alloc: &Allocator,
+        host: &Netlink,
+        netns: &Path,
+        ifname: &str,
+        settings: &Settings,
+    ) {
+        if let Some((ip, shim)) = &self.host_route {
+            let _lock = LinkLock::acquire(&settings.lock_dir(), shim);
+            if let Err(e) = host.del_host_route(*ip, shim).await {
+                tracing::warn!(error = %e, "undo: remove host route");
+            }
+            if let Err(e) = host.delete_shim_if_unused(shim).await {
+                tracing::warn!(error = %e, "undo: delete unused shim");
+            }
+        }
+        if self.link {
+            if let Err(e) = netlink::teardown_pod_macvlan(netns, ifname).await {
+                tracing::warn!(error = %e, "undo: delete pod link");
+            }
+        }
+        if let Some(vlan) = &self.vlan {
+            delete_vlan_if_ours(host, vlan, settings).await;
+        }
+        if let Some(res) = &self.reservation {
+            match alloc.release_exact(res).await {
+                Ok(_) => {}
+                // The pending lease expires on its own: nothing is lost by giving up here.
+                Err(e) => tracing::warn!(error = %e, "undo: release reservation"),
+            }
+        }
+    }
+}
+
+async fn delete_vlan_if_ours(host: &Netlink, vlan: &str, settings: &Settings) {
+    let mark = settings.vlan_mark(vlan);
+    if !mark.exists() {
+        return;
+    }
+    let _lock = match LinkLock::acquire(&settings.lock_dir(), vlan) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, vlan, "lock vlan link");
+            return;
+        }
+    };
+    match host.delete_vlan_if_unused(vlan).await {
+        Ok(true) => {
+            let _ = std::fs::remove_file(&mark);
+            tracing::info!(vlan, "deleted unused vlan link");
+        }
+        Ok(false) => {
+            if !host.link_exists(vlan).await.unwrap_or(true) {
+                let _ = std::fs::remove_file(&mark);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, vlan, "delete unused vlan link"),
+    }
+}
+
+fn mark_vlan_ours(settings: &Settings, name: &str) {
+    let mark = settings.vlan_mark(name);
+    let written = mark
+        .parent()
+        .map(std::fs::create_dir_all)
+        .unwrap_or(Ok(()))
+        .and_then(|()| std::fs::write(&mark, b""));
+    if let Err(e) = written {
+        // Without the mark the VLAN link is merely never deleted: safe.
+        tracing::warn!(error = %e, vlan = name, "mark vlan link as created by static-macvlan");
+    }
+}
+
+async fn add(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<Value, Error> {
+    // Everything that can be checked without changing anything, first.
+    let owner = rt.owner(&conf.node)?;
+    let netns_path = rt.netns.as_deref().expect("ADD requires CNI_NETNS");
+    let pod_ns = open_netns(netns_path)?;
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .map(CniResult::from_json)
+        .transpose()?;
+    let host = Netlink::open()?;
+    let alloc = connect(conf).await?;
+    let subnet = alloc.get_subnet(&conf.subnet).await?;
+    tracing::debug!(subnet = %subnet.name, "read subnet");
+    let ip_req = ip_request(conf, rt, &subnet)?;
+    let mode: netlink::MacvlanMode = subnet.mode.as_str().parse()?;
+    let master = master_of(conf, &subnet);
+    let master_field = if conf.master.is_some() {
+        "master".to_string()
+    } else {
+        format!("subnet {} master", subnet.name)
+    };
+    let master_link = host.find_link(&master).await?.ok_or_else(|| {
+        Error::config(
+            &master_field,
+            &master,
+            format!("no such link on node {}", conf.node),
+        )
+    })?;
+    if let Some(mtu) = subnet.mtu {
+        if mtu > master_link.mtu {
+            return Err(Error::config(
+                format!("subnet {} mtu", subnet.name),
+                mtu,
+                format!(
+                    "exceeds mtu {} of {master} on node {}",
+                    master_link.mtu, conf.node
+                ),
+            ));
+        }
+    }
+    let parent = parent_name(&master, &subnet)?;
+    let mac_req = match (conf.static_mac(&rt.args), mode) {
+        // A passthru macvlan always carries its parent's MAC.
+        (Some(r), netlink::MacvlanMode::Passthru) => {
+            return Err(r.error(
+                r.value,
+                format!(
+                    "cannot be set: subnet {} uses macvlan mode passthru",
+                    subnet.name
+                ),
+            ))
+        }
+        (None, netlink::MacvlanMode::Passthru) => MacRequest::None,
+        (Some(r), _) => MacRequest::Static(r.value),
+        (None, _) => match &subnet.mac_pool {
+            Some(pool) => MacRequest::Auto(alloc.get_macpool(pool).await?),
+            None => MacRequest::None,
+        },
+    };
+
+    let res = alloc.reserve(&subnet, &owner, ip_req, &mac_req).await?;
+    tracing::debug!(ip = %res.record.ip, state = ?res.record.state, "reserved");
+    let mut undo = Undo {
+        // A committed reservation found by an idempotent or handed-over ADD is not ours to free.
+        reservation: (res.record.state == State::Pending).then(|| res.clone()),
+        ..Undo::default()
+    };
+    let setup = async {
+        let link = attach(
+            &host, &pod_ns, &subnet, &master, &parent, mode, &res, rt, settings, &mut undo,
+        )
+        .await?;
+        alloc.commit(&res).await?;
+        Ok::<_, Error>(link)
+    }
+    .await;
+    let link = match setup {
+        Ok(link) => link,
+        Err(e) => {
+            undo.run(&alloc, &host, netns_path, &rt.ifname, settings)
+                .await;
+            return Err(e);
+        }
+    };
+    tracing::debug!(ip = %res.record.ip, mac = %MacAddr(link.mac), "attached");
+    let ours = result_of(&subnet, res.record.ip, &rt.ifname, link.mac, netns_path);
+    let result = match prev {
+        Some(prev) => CniResult::chain_after(prev, ours),
+        None => ours,
+    };
+    Ok(result.to_json(conf.cni_version))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attach(
+    host: &Netlink,
+    pod_ns: &Netns,
+    subnet: &Subnet,
+    master: &str,
+    parent: &str,
+    mode: netlink::MacvlanMode,
+    res: &Reservation,
+    rt: &RuntimeEnv,
+    settings: &Settings,
+    undo: &mut Undo,
+) -> Result<netlink::PodLink, Error> {
+    // Held from making sure the VLAN exists until our macvlan is up on it, so that a DEL on
+    // this node cannot find it unused and delete it in between.
+    let vlan_lock = if subnet.vlan != 0 {
+        let lock = LinkLock::acquire(&settings.lock_dir(), parent)?;
+        let (_, created) = host.ensure_vlan(master, subnet.vlan).await?;
+        if created {
+            mark_vlan_ours(settings, parent);
+            undo.vlan = Some(parent.to_string());
+        }
+        Some(lock)
+    } else {
+        None
+    };
+    let ip = res.record.ip;
+    let spec = PodInterface {
+        parent: parent.to_string(),
+        ifname: rt.ifname.clone(),
+        mode,
+        mac: res.record.mac.map(|m| m.0),
+        mtu: subnet.mtu,
+        addresses: vec![
+            IpNetwork::new(ip, subnet.cidr.prefix()).expect("prefix of the subnet fits")
+        ],
+        routes: routes_of(subnet),
+        dad_timeout: ip.is_ipv6().then_some(DAD_TIMEOUT),
+    };
+    let link = netlink::setup_pod_macvlan(host, pod_ns, &spec).await?;
+    tracing::debug!(index = link.index, "pod link up");
+    undo.link = true;
+    drop(vlan_lock);
+
+    if subnet.host_shim {
+        let shim = shim_name(parent);
+        let _lock = LinkLock::acquire(&settings.lock_dir(), &shim)?;
+        // Recorded first: undo then also deletes a shim this call created but could not route.
+        undo.host_route = Some((ip, shim.clone()));
+        host.ensure_host_shim(parent, &shim, &[]).await?;
+        host.add_host_route(ip, &shim).await?;
+    }
+    Ok(link)
+}
+
+async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(), Error> {
+    let owner = rt.owner(&conf.node)?;
+    // The link first: its address must be gone from the LAN before it can be handed out again.
+    // A link that cannot be deleted fails DEL with nothing released, and the runtime retries.
+    // Deleting a link blocks the calling thread in the kernel for ~20 ms, so it runs on a thread
+    // of its own while this one reads from etcd; the release waits for it.
+    let links = rt.netns.clone().map(|ns| {
+        let ifname = rt.ifname.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| Error::Io {
+                    op: "start runtime for link removal".into(),
+                    source,
+                })
+                .and_then(|rt| rt.block_on(remove_pod_links(&ns, &ifname)));
+            let _ = tx.send(result);
+        });
+        rx
+    });
+    let reads = async {
+        let alloc = connect(conf).await?;
+        let (held, subnet) = tokio::join!(
+            alloc.attachment(&owner.pod_uid, &owner.ifname),
+            alloc.get_subnet(&conf.subnet)
+        );
+        Ok::<_, Error>((alloc, held?, subnet.ok()))
+    }
+    .await;
+    if let Some(rx) = links {
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::Io {
+                op: "remove pod links".into(),
+                source: io::Error::other("link removal thread ended without an answer"),
+            })
+        })?;
+    }
+    let (alloc, held, subnet) = reads?;
+    let released = match held {
+        None => Released::NotHeld,
+        Some(h) if h.record.owner.container_id != owner.container_id => Released::Stale(h.record),
+        Some(h) => {
+            if alloc.release_exact(&h).await? {
+                Released::Freed(h.record)
+            } else {
+                // Changed since read (a concurrent ADD of the same pod): decide afresh.
+                alloc.release(&owner).await?
+            }
+        }
+    };
+    let freed_ip = match &released {
+        Released::Freed(rec) => {
+            tracing::debug!(ip = %rec.ip, "released");
+            Some(rec.ip)
+        }
+        Released::NotHeld => None,
+        Released::Stale(rec) => {
+            tracing::info!(holder = %rec.owner, "stale DEL: the attachment belongs to a newer container; nothing freed");
+            None
+        }
+    };
+    let subnet = match (&released, subnet) {
+        (Released::Freed(rec), Some(s)) if s.name == rec.subnet => Some(s),
+        (Released::Freed(rec), _) => alloc.get_subnet(&rec.subnet).await.ok(),
+        (_, s) => s,
+    };
+    if let Some(subnet) = subnet {
+        host_cleanup(conf, &subnet, freed_ip, settings).await;
+    }
+    Ok(())
+}
+
+/// Whether `name` is a temporary name of [`netlink::temp_link_name`]: `smv` + 8 hex digits.
+fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(netlink::TEMP_NAME_PREFIX)
+        .is_some_and(|rest| rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Deletes the pod's macvlan `ifname` and what an ADD killed half-way may have left: a macvlan
+/// still under its temporary name (always down: ADD renames before it brings a link up). A
+/// missing namespace or link is fine; a link of that name that is not a macvlan is not ours.
+async fn remove_pod_links(netns: &Path, ifname: &str) -> Result<(), Error> {
+    let ns = match Netns::open(netns) {
+        Ok(ns) => ns,
+        Err(NetError::Netns { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let pod = Netlink::open_in(&ns)?;
+    for link in pod.links().await? {
+        let ours = link.kind.as_deref() == Some("macvlan")
+            && (link.name == ifname || (is_temp_name(&link.name) && !link.up));
+        if !ours {
+            continue;
+        }
+        match pod.delete_link(link.index).await {
+            Ok(()) => tracing::debug!(link = %link.name, "deleted pod link"),
+            // Gone meanwhile (another DEL, or the namespace is being torn down).
+            Err(e) if e.errno() == Some(nix::libc::ENODEV) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// After an attachment is gone: its host route, an unused shim, an unused VLAN link of ours.
+/// Best effort: none of these affect other pods when left behind.
+async fn host_cleanup(
+    conf: &NetConf,
+    subnet: &Subnet,
+    freed_ip: Option<IpAddr>,
+    settings: &Settings,
+) {
+    let master = master_of(conf, subnet);
+    let Ok(parent) = parent_name(&master, subnet) else {
+        return;
+    };
+    if !subnet.host_shim && subnet.vlan == 0 {
+        return;
+    }
+    let host = match Netlink::open() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "host clean-up");
+            return;
+        }
+    };
+    if let (true, Some(ip)) = (subnet.host_shim, freed_ip) {
+        let shim = shim_name(&parent);
+        match LinkLock::acquire(&settings.lock_dir(), &shim) {
+            Ok(_lock) => {
+                if let Err(e) = host.del_host_route(ip, &shim).await {
+                    tracing::warn!(error = %e, "remove host route");
+                }
+                if let Err(e) = host.delete_shim_if_unused(&shim).await {
+                    tracing::warn!(error = %e, "delete unused shim");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "lock shim"),
+        }
+    }
+    if subnet.vlan != 0 {
+        delete_vlan_if_ours(&host, &parent, settings).await;
+    }
+}
+
+async fn check(conf: &NetConf, rt: &RuntimeEnv) -> Result<(), Error> {
+    if !conf.cni_version.has_check() {
+        return Err(Error::Version {
+            version: conf.cni_version.to_string(),
+            supported: "0.4.0 and later for CHECK".into(),
+        });
+    }
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| Error::config("prevResult", "null", "is required for CHECK"))?;
+    let prev = CniResult::from_json(prev)?;
+    let owner = rt.owner(&conf.node)?;
+    let netns_path = rt.netns.as_deref().expect("CHECK requires CNI_NETNS");
+    let pod_ns = match Netns::open(netns_path) {
+        Ok(ns) => ns,
+        Err(NetError::Netns { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::ContainerUnknown(format!(
+                "network namespace {} does not exist",
+                netns_path.display()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let sandbox = netns_path.display().to_string();
+    let idx = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == rt.ifname && (i.sandbox.is_empty() || i.sandbox == sandbox))
+        .ok_or_else(|| {
+            Error::Check(format!(
+                "prevResult has no interface {} in sandbox {sandbox}",
+                rt.ifname
+            ))
+        })?;
+    let want = &prev.interfaces[idx];
+
+    let pod = Netlink::open_in(&pod_ns)?;
+    let link = pod
+        .find_link(&rt.ifname)
+        .await?
+        .ok_or_else(|| Error::Check(format!("interface {} not found in {sandbox}", rt.ifname)))?;
+    if link.kind.as_deref() != Some("macvlan") {
+        return Err(Error::Check(format!(
+            "interface {} is a {} link, not a macvlan",
+            rt.ifname,
+            link.kind.as_deref().unwrap_or("physical")
+        )));
+    }
+    if !link.up {
+        return Err(Error::Check(format!("interface {} is down", rt.ifname)));
+    }
+    let mac = link.mac.map(MacAddr);
+    if !want.mac.is_empty() {
+        let wanted: MacAddr = want.mac.parse().map_err(|_| {
+            Error::config(
+                format!("prevResult.interfaces[{idx}].mac"),
+                &want.mac,
+                "is not a MAC address",
+            )
+        })?;
+        if mac != Some(wanted) {
+            return Err(Error::Check(format!(
+                "interface {} has mac {}, prevResult says {wanted}",
+                rt.ifname,
+                mac.map(|m| m.to_string()).unwrap_or_default()
+            )));
+        }
+    }
+    let have = pod.addresses(link.index).await?;
+    let ours: Vec<&IpConfig> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(idx))
+        .collect();
+    for ip in &ours {
+        if !have.contains(&ip.address) {
+            return Err(Error::Check(format!(
+                "interface {} lacks address {} of prevResult",
+                rt.ifname, ip.address
+            )));
+        }
+    }
+    // Routes of a result are not tied to an interface: ours are those via a gateway in one of
+    // our networks, and gateway-less ones when ours is the only interface.
+    let routes = pod.routes(link.index).await?;
+    for r in &prev.routes {
+        let mine = match r.gw {
+            Some(gw) => ours.iter().any(|ip| ip.address.contains(gw)),
+            None => prev.interfaces.len() == 1,
+        };
+        if mine
+            && !routes
+                .iter()
+                .any(|have| have.destination == r.dst && (r.gw.is_none() || have.gateway == r.gw))
+        {
+            return Err(Error::Check(format!(
+                "interface {} lacks route {}{} of prevResult",
+                rt.ifname,
+                r.dst,
+                r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
+            )));
+        }
+    }
+
+    let alloc = connect(conf).await?;
+    let res = alloc
+        .attachment(&owner.pod_uid, &owner.ifname)
+        .await?
+        .ok_or_else(|| Error::Check(format!("no reservation in etcd for {owner}")))?;
+    let rec = &res.record;
+    if rec.owner.container_id != owner.container_id {
+        return Err(Error::Check(format!(
+            "the reservation of {} is held by {}",
+            rt.ifname, rec.owner
+        )));
+    }
+    if rec.state != State::Committed {
+        return Err(Error::Check(format!(
+            "the reservation of ip {} is still pending",
+            rec.ip
+        )));
+    }
+    if !ours.iter().any(|ip| ip.address.ip() == rec.ip) {
+        return Err(Error::Check(format!(
+            "etcd reserves ip {} for {}, which prevResult does not list",
+            rec.ip, rt.ifname
+        )));
+    }
+    if !have.iter().any(|a| a.ip() == rec.ip) {
+        return Err(Error::Check(format!(
+            "interface {} lacks reserved ip {}",
+            rt.ifname, rec.ip
+        )));
+    }
+    if let Some(m) = rec.mac {
+        if mac != Some(m) {
+            return Err(Error::Check(format!(
+                "interface {} does not have reserved mac {m}",
+                rt.ifname
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn gc(conf: &NetConf, settings: &Settings) -> Result<(), Error> {
+    let valid = conf
+        .valid_attachments
+        .as_ref()
+        .ok_or_else(|| Error::config("cni.dev/valid-attachments", "null", "is required for GC"))?;
+    let keep: HashSet<(&str, &str)> = valid
+        .iter()
+        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .collect();
+    let alloc = connect(conf).await?;
+    let (held, subnet) = tokio::join!(alloc.by_node(&conf.node), alloc.get_subnet(&conf.subnet));
+    let (held, subnet) = (held?, subnet.ok());
+    let mut first_error = None;
+    let mut freed = 0usize;
+    for res in held {
+        let o: &Owner = &res.record.owner;
+        // Pending reservations belong to ADDs in flight; their leases clean up after dead ones.
+        if res.record.subnet != conf.subnet
+            || res.record.state != State::Committed
+            || keep.contains(&(o.container_id.as_str(), o.ifname.as_str()))
+        {
+            continue;
+        }
+        match alloc.release_exact(&res).await {
+            Ok(true) => {
+                freed += 1;
+                tracing::info!(ip = %res.record.ip, owner = %o, "gc: released");
+                if let Some(subnet) = &subnet {
+                    host_cleanup(conf, subnet, Some(res.record.ip), settings).await;
+                }
+            }
+            Ok(false) => tracing::debug!(owner = %o, "gc: changed meanwhile, kept"),
+            Err(e) => {
+                tracing::warn!(error = %e, owner = %o, "gc: release");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    tracing::debug!(freed, "gc done");
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+async fn status(conf: &NetConf) -> Result<(), Error> {
+    let cap = |v: Option<u64>, max: u64| Some(v.unwrap_or(max).min(max));
+    let etcd = EtcdConfig {
+        dial_timeout_ms: cap(conf.etcd.dial_timeout_ms, STATUS_DIAL_TIMEOUT_MS),
+        request_timeout_ms: cap(conf.etcd.request_timeout_ms, STATUS_REQUEST_TIMEOUT_MS),
+        ..conf.etcd.clone()
+    };
+    let not_available = |e: static_macvlan_allocator::Error| match e {
+        e @ static_macvlan_allocator::Error::Invalid { .. } => Error::Alloc(e),
+        e => Error::NotAvailable(e),
+    };
+    let alloc = Allocator::connect(&etcd, Options::default())
+        .await
+        .map_err(not_available)?;
+    alloc.check_schema().await.map_err(not_available)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_names_fit() {
+        assert_eq!(shim_name("eth0"), "smv-eth0");
+        assert_eq!(shim_name("eth0.100"), "smv-eth0.100");
+        let long = shim_name("enp0s31f6.100");
+        assert!(long.len() <= 15 && long.starts_with("smvh"), "{long}");
+        assert_eq!(long, shim_name("enp0s31f6.100"));
+        assert_ne!(long, shim_name("enp0s31f6.101"));
+    }
+
+    fn subnet(edit: impl FnOnce(&mut static_macvlan_allocator::SubnetConfig)) -> Subnet {
+        let mut c = static_macvlan_allocator::SubnetConfig {
+            master: "eth0".into(),
+            cidr: "10.1.0.0/24".into(),
+            gateway: Some("10.1.0.1".into()),
+            ..Default::default()
+        };
+        edit(&mut c);
+        Subnet::from_config("lan", &c).unwrap()
+    }
+
+    fn request(runtime_config: serde_json::Value, cni_args: &str) -> Result<IpRequest, Error> {
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "n", "type": "static-macvlan", "subnet": "lan",
+            "nodeName": "a", "etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+            "runtimeConfig": runtime_config,
+        });
+        let conf = conf::parse_netconf(conf.to_string().as_bytes(), &EnvMap::new()).unwrap();
+        let env: EnvMap = [
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/var/run/netns/x"),
+            ("CNI_IFNAME", "net1"),
+            ("CNI_ARGS", cni_args),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let rt = RuntimeEnv::from_env(Command::Add, &env).unwrap();
+        ip_request(&conf, &rt, &subnet(|_| {}))
+    }
+
+    #[test]
+    fn static_ip_requests() {
+        use serde_json::json;
+        let ip = |s: &str| IpRequest::Static(s.parse().unwrap());
+        assert_eq!(request(json!({}), "").unwrap(), IpRequest::Auto);
+        assert_eq!(
+            request(json!({"ips": ["10.1.0.5"]}), "").unwrap(),
+            ip("10.1.0.5")
+        );
+        assert_eq!(
+            request(json!({"ips": ["10.1.0.5/24"]}), "").unwrap(),
+            ip("10.1.0.5")
+        );
+        // The first address of the subnet's family.
+        assert_eq!(
+            request(json!({"ips": ["fd00::5/64", "10.1.0.6/24"]}), "").unwrap(),
+            ip("10.1.0.6")
+        );
+        // runtimeConfig wins over CNI_ARGS.
+        assert_eq!(
+            request(json!({"ips": ["10.1.0.7"]}), "IP=10.1.0.8").unwrap(),
+            ip("10.1.0.7")
+        );
+        assert_eq!(
+            request(json!({}), "IP=10.1.0.8/24").unwrap(),
+            ip("10.1.0.8")
+        );
+
+        let err = request(json!({"ips": ["10.1.0.5/16"]}), "").unwrap_err();
+        assert_eq!(err.code(), 7);
+        assert!(err.to_string().contains("runtimeConfig.ips[0]"), "{err}");
+        let err = request(json!({"ips": ["fd00::5"]}), "").unwrap_err();
+        assert!(err.to_string().contains("runtimeConfig.ips "), "{err}");
+        let err = request(json!({}), "IP=fd00::5").unwrap_err();
+        assert_eq!(err.code(), 4, "{err}");
+    }
+
+    #[test]
+    fn routes_and_result() {
+        let s = subnet(|c| {
+            c.routes = vec![
+                static_macvlan_allocator::RouteConfig {
+                    dst: "192.168.0.0/16".into(),
+                    gw: None,
+                },
+                static_macvlan_allocator::RouteConfig {
+                    dst: "172.16.0.0/12".into(),
+                    gw: Some("10.1.0.2".into()),
+                },
+            ]
+        });
+        let routes = routes_of(&s);
+        assert_eq!(routes.len(), 3);
+        assert_eq!(routes[0], Route::default_via("10.1.0.1".parse().unwrap()));
+        assert_eq!(
+            routes[1].gateway,
+            Some("10.1.0.1".parse().unwrap()),
+            "gw defaults to the gateway"
+        );
+        assert_eq!(routes[2].gateway, Some("10.1.0.2".parse().unwrap()));
+        let no_default = subnet(|c| c.no_default_route = true);
+        assert!(routes_of(&no_default).is_empty());
+        let no_gw = subnet(|c| c.gateway = None);
+        assert!(routes_of(&no_gw).is_empty());
+
+        let r = result_of(
+            &s,
+            "10.1.0.9".parse().unwrap(),
+            "net1",
+            [2, 0, 0, 0, 0, 9],
+            Path::new("/ns"),
+        );
+        let j = r.to_json(CniVersion::V100);
+        assert_eq!(j["ips"][0]["address"], "10.1.0.9/24");
+        assert_eq!(j["interfaces"][0]["mac"], "02:00:00:00:00:09");
+        assert_eq!(j["routes"][1]["dst"], "192.168.0.0/16");
+    }
+
+    #[test]
+    fn temp_names() {
+        assert!(is_temp_name(&netlink::temp_link_name()));
+        assert!(!is_temp_name("smv-eth0"));
+        assert!(!is_temp_name("smv1234567"));
+        assert!(!is_temp_name("net1"));
+    }
+}

@@ -1,0 +1,237 @@
+//! Benchmark (one run, prints a table): ADD and DEL latency of 200 sequential pods, and the wall
+//! time of 100 pods at concurrency 16, for `static-macvlan` and for the reference `macvlan` +
+//! `host-local`, on the same topology; and the peak RSS of one plugin invocation.
+//!
+//! Ignored by default; run it on a release build:
+//! `cargo build --release -p static-macvlan-cni &&
+//!  cargo test --release -p static-macvlan-integration --test cni_bench -- --ignored --nocapture`
+
+mod cni_common;
+
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cni_common::*;
+use serde_json::{json, Value};
+use static_macvlan_allocator::RangeConfig;
+
+const SEQUENTIAL: usize = 200;
+const CONCURRENT: usize = 100;
+const PARALLELISM: usize = 16;
+const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+/// One plugin under test: how to run ADD and DEL for a pod.
+trait Subject: Sync {
+    fn name(&self) -> &'static str;
+    fn run(&self, command: &str, pod: &Pod) -> Run;
+}
+
+struct Ours<'a> {
+    c: &'a Cluster,
+    conf: Value,
+}
+
+impl Subject for Ours<'_> {
+    fn name(&self) -> &'static str {
+        "static-macvlan"
+    }
+
+    fn run(&self, command: &str, pod: &Pod) -> Run {
+        self.c.cni(0, command, &self.conf, pod, "net1")
+    }
+}
+
+struct Reference<'a> {
+    c: &'a Cluster,
+    conf: Value,
+}
+
+impl Subject for Reference<'_> {
+    fn name(&self) -> &'static str {
+        "macvlan+host-local"
+    }
+
+    fn run(&self, command: &str, pod: &Pod) -> Run {
+        let env: Vec<(String, String)> = [
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", pod.container_id.clone()),
+            ("CNI_NETNS", pod.ns.path().display().to_string()),
+            ("CNI_IFNAME", "net1".to_string()),
+            ("CNI_PATH", REFERENCE_DIR.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let bin = Path::new(REFERENCE_DIR).join("macvlan");
+        run_binary_in(
+            &bin,
+            &self.c.lan.node(0).ns.path(),
+            &env,
+            &self.conf.to_string(),
+        )
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+struct Figures {
+    add_p50: Duration,
+    add_p99: Duration,
+    del_p50: Duration,
+    del_p99: Duration,
+    wall: Duration,
+}
+
+fn measure(s: &dyn Subject, seq: &[Pod], conc: &[Pod]) -> Figures {
+    let mut adds = Vec::with_capacity(seq.len());
+    for p in seq {
+        let r = s.run("ADD", p);
+        assert_eq!(r.exit, 0, "{} ADD: {}", s.name(), r.stdout);
+        adds.push(r.elapsed);
+    }
+    let mut dels = Vec::with_capacity(seq.len());
+    for p in seq {
+        let r = s.run("DEL", p);
+        assert_eq!(r.exit, 0, "{} DEL: {}", s.name(), r.stdout);
+        dels.push(r.elapsed);
+    }
+    adds.sort();
+    dels.sort();
+
+    let start = Instant::now();
+    thread::scope(|scope| {
+        for chunk in 0..PARALLELISM {
+            scope.spawn(move || {
+                for p in conc.iter().skip(chunk).step_by(PARALLELISM) {
+                    let r = s.run("ADD", p);
+                    assert_eq!(r.exit, 0, "{} concurrent ADD: {}", s.name(), r.stdout);
+                }
+            });
+        }
+    });
+    let wall = start.elapsed();
+    for p in conc {
+        s.run("DEL", p);
+    }
+    Figures {
+        add_p50: percentile(&adds, 0.5),
+        add_p99: percentile(&adds, 0.99),
+        del_p50: percentile(&dels, 0.5),
+        del_p99: percentile(&dels, 0.99),
+        wall,
+    }
+}
+
+/// The largest resident set of any child process waited for so far, in KiB.
+fn children_max_rss_kib() -> i64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|u| u.max_rss())
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[test]
+#[ignore = "benchmark: run on a release build with --ignored --nocapture"]
+fn benchmark_against_the_reference_plugins() {
+    // etcd inside the node, as it would be reached directly on a real node (no test relay).
+    let c = Cluster::with_etcd_in_node0(1);
+    c.put_subnet("bench", |s| {
+        s.cidr = "10.240.0.0/16".into();
+        s.gateway = Some("10.240.0.1".into());
+        s.ranges = vec![RangeConfig {
+            start: "10.240.1.0".into(),
+            end: "10.240.4.255".into(),
+        }];
+    });
+    let data = tempfile::tempdir().unwrap();
+    let ours = Ours {
+        c: &c,
+        conf: c.netconf("bench", "1.0.0"),
+    };
+    let reference = Reference {
+        c: &c,
+        conf: json!({
+            "cniVersion": "1.0.0",
+            "name": "reference",
+            "type": "macvlan",
+            "master": "eth0",
+            "mode": "bridge",
+            "ipam": {
+                "type": "host-local",
+                "dataDir": data.path(),
+                "ranges": [[{"subnet": "10.240.0.0/16", "rangeStart": "10.240.5.0", "rangeEnd": "10.240.8.255", "gateway": "10.240.0.1"}]],
+                "routes": [{"dst": "0.0.0.0/0", "gw": "10.240.0.1"}],
+            },
+        }),
+    };
+
+    // Peak RSS first, before any larger child (the reference is a Go binary) is waited for; the
+    // only children so far are `ip` commands, which are smaller.
+    let probe = Pod::new("rss");
+    ours.run("ADD", &probe).ok();
+    ours.run("DEL", &probe).ok();
+    let rss_kib = children_max_rss_kib();
+
+    let seq: Vec<Pod> = (0..SEQUENTIAL)
+        .map(|i| Pod::new(&format!("s{i}")))
+        .collect();
+    let conc: Vec<Pod> = (0..CONCURRENT)
+        .map(|i| Pod::new(&format!("c{i}")))
+        .collect();
+    // Warm both up (page cache, lazily created files).
+    ours.run("ADD", &probe).ok();
+    ours.run("DEL", &probe).ok();
+    reference.run("ADD", &probe).ok();
+    reference.run("DEL", &probe).ok();
+
+    let a = measure(&ours, &seq, &conc);
+    let b = measure(&reference, &seq, &conc);
+    let ratio = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64();
+    let rows = [
+        ("ADD p50", a.add_p50, b.add_p50, Some(0.6)),
+        ("ADD p99", a.add_p99, b.add_p99, None),
+        ("DEL p50", a.del_p50, b.del_p50, Some(1.0)),
+        ("DEL p99", a.del_p99, b.del_p99, None),
+        ("100 pods @16 wall", a.wall, b.wall, Some(1.0)),
+    ];
+    println!();
+    println!(
+        "{:<20} {:>14} {:>20} {:>7} {:>8}",
+        "", "static-macvlan", "macvlan+host-local", "ratio", "target"
+    );
+    let mut missed = Vec::new();
+    for (name, x, y, target) in rows {
+        let r = ratio(x, y);
+        println!(
+            "{:<20} {:>14} {:>20} {:>7.2} {:>8}",
+            name,
+            ms(x),
+            ms(y),
+            r,
+            target.map(|t| format!("≤ {t:.1}")).unwrap_or_default()
+        );
+        if let Some(t) = target {
+            if r > t {
+                missed.push(format!("{name}: {r:.2} > {t}"));
+            }
+        }
+    }
+    let rss_mb = rss_kib as f64 / 1024.0;
+    println!(
+        "{:<20} {:>11.1} MB {:>20} {:>7} {:>8}",
+        "peak RSS (one run)", rss_mb, "", "", "≤ 20 MB"
+    );
+    if rss_mb > 20.0 {
+        missed.push(format!("peak RSS {rss_mb:.1} MB > 20 MB"));
+    }
+    if !missed.is_empty() {
+        println!("targets missed: {}", missed.join("; "));
+    }
+}
