@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
+# The official CNI client, built offline from Debian's sources, for the cnitool test.
+./scripts/build-cnitool.sh target/cnitool
 # The end-to-end tests run the real binaries, so build them first.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast "$@"
