@@ -246,9 +246,12 @@ pub fn mac_range_set(start: MacAddr, end: MacAddr, allow_global: bool) -> AddrSe
 mod tests {
     use super::*;
 
+    type Seg = (u128, u128);
+
     #[test]
     fn merge_and_subtract() {
-        let cases: &[(&[(u128, u128)], (u128, u128), &[(u128, u128)], u128)] = &[
+        // (segments, removed, expected segments, expected len)
+        let cases: &[(&[Seg], Seg, &[Seg], u128)] = &[
             (&[(1, 10)], (3, 4), &[(1, 2), (5, 10)], 8),
             (&[(1, 10)], (1, 10), &[], 0),
             (&[(1, 10)], (0, 1), &[(2, 10)], 9),

@@ -332,6 +332,52 @@ impl Allocator {
         })
     }
 
+    /// Reads a subnet and, in the same transaction, the MAC pools, returning the subnet's own
+    /// pool when it names one: the configuration an ADD needs, in one round trip.
+    ///
+    /// # Errors
+    /// [`Error::SubnetNotFound`], [`Error::MacPoolNotFound`] (the subnet names a pool that is not
+    /// configured), [`Error::Corrupt`], [`Error::Unavailable`].
+    pub async fn load_subnet(&self, name: &str) -> Result<(Subnet, Option<MacPool>), Error> {
+        let key = self.keys.subnet(name);
+        let txn = Txn::new().and_then(vec![
+            TxnOp::get(key.clone(), None),
+            TxnOp::get(self.keys.macpools(), Some(GetOptions::new().with_prefix())),
+        ]);
+        let resp = self.txn(&format!("read subnet {name}"), txn).await?.op_responses();
+        let kv = kvs_of(&resp[0])
+            .first()
+            .ok_or_else(|| Error::SubnetNotFound(name.to_string(), key.clone()))?;
+        let m: Mirrored<SubnetConfig> = decode(kv)?;
+        let subnet = Subnet::from_config(name, &m.spec).map_err(|e| Error::Corrupt {
+            key,
+            reason: e.to_string(),
+        })?;
+        let Some(pool_name) = subnet.mac_pool.clone() else {
+            return Ok((subnet, None));
+        };
+        let pool_key = self.keys.macpool(&pool_name);
+        let kv = kvs_of(&resp[1])
+            .iter()
+            .find(|kv| kv.key() == pool_key.as_bytes())
+            .ok_or_else(|| Error::MacPoolNotFound(pool_name.clone(), pool_key.clone()))?;
+        let m: Mirrored<MacPoolConfig> = decode(kv)?;
+        let pool = MacPool::from_config(&pool_name, &m.spec).map_err(|e| Error::Corrupt {
+            key: pool_key,
+            reason: e.to_string(),
+        })?;
+        Ok((subnet, Some(pool)))
+    }
+
+    /// Grants the pending lease now (or checks the cached one is fresh), so that a caller can
+    /// overlap the grant with its own reads; [`Allocator::reserve`] then reuses it.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    pub async fn prepare(&self) -> Result<(), Error> {
+        self.pending_lease().await.map(|_| ())
+    }
+
     /// The lease pending reservations are written under: reused while at least three quarters of
     /// its life remain, so every pending reservation has that long to be committed.
     async fn pending_lease(&self) -> Result<i64, Error> {

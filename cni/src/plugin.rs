@@ -424,7 +424,10 @@ async fn add(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<Val
         .transpose()?;
     let host = Netlink::open()?;
     let alloc = connect(conf).await?;
-    let subnet = alloc.get_subnet(&conf.subnet).await?;
+    // The pending lease is granted while the configuration is read: one round trip, not two.
+    let (loaded, lease) = tokio::join!(alloc.load_subnet(&conf.subnet), alloc.prepare());
+    let (subnet, pool) = loaded?;
+    lease?;
     tracing::debug!(subnet = %subnet.name, "read subnet");
     let ip_req = ip_request(conf, rt, &subnet)?;
     let mode: netlink::MacvlanMode = subnet.mode.as_str().parse()?;
@@ -467,8 +470,8 @@ async fn add(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<Val
         }
         (None, netlink::MacvlanMode::Passthru) => MacRequest::None,
         (Some(r), _) => MacRequest::Static(r.value),
-        (None, _) => match &subnet.mac_pool {
-            Some(pool) => MacRequest::Auto(alloc.get_macpool(pool).await?),
+        (None, _) => match pool {
+            Some(pool) => MacRequest::Auto(pool),
             None => MacRequest::None,
         },
     };
