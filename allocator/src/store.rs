@@ -344,7 +344,10 @@ impl Allocator {
             TxnOp::get(key.clone(), None),
             TxnOp::get(self.keys.macpools(), Some(GetOptions::new().with_prefix())),
         ]);
-        let resp = self.txn(&format!("read subnet {name}"), txn).await?.op_responses();
+        let resp = self
+            .txn(&format!("read subnet {name}"), txn)
+            .await?
+            .op_responses();
         let kv = kvs_of(&resp[0])
             .first()
             .ok_or_else(|| Error::SubnetNotFound(name.to_string(), key.clone()))?;
