@@ -36,7 +36,7 @@ use rtnetlink::packet_route::address::{
 use rtnetlink::packet_route::link::{
     InfoData, InfoMacVlan, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
-use rtnetlink::packet_route::neighbour::NeighbourAttribute;
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
@@ -152,6 +152,14 @@ impl NetError {
 fn errno_of(err: &rtnetlink::Error) -> Option<i32> {
     match err {
         rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
+fn neighbour_ip(addr: &NeighbourAddress) -> Option<IpAddr> {
+    match addr {
+        NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
     }
 }
@@ -1123,6 +1131,11 @@ impl Netlink {
                 Err(e) => return Err(e),
             }
         }
+        // Without an address of its own the shim would still answer ARP requests from the LAN
+        // for the node's address (arp_filter=0 answers on any interface), so the LAN could learn
+        // the shim's MAC for the node — ARP flux — and lose the node when the shim goes away.
+        // arp_filter answers only where the reply would be routed out: the shim's own pods.
+        write_sysctl(&format!("net/ipv4/conf/{shim_name}/arp_filter"), "1")?;
         if !shim.up {
             self.set_up(shim.index).await?;
         }
@@ -1163,6 +1176,53 @@ impl Netlink {
             .map_err(|e| netlink_error(format!("add route {route} dev {shim_name}"), e))
     }
 
+    /// Pins the neighbour entry of `pod_ip` on the shim to the pod's MAC. The node must never
+    /// ARP for its pods through the shim: such requests carry the node's own address as sender,
+    /// and every LAN host that hears them re-learns the node's address at the shim's MAC (ARP
+    /// flux) — and loses the node once the shim is gone. The plugin knows the pod's MAC anyway.
+    ///
+    /// # Errors
+    /// [`NetError::LinkNotFound`] for a missing shim, [`NetError::Netlink`].
+    pub async fn pin_host_neighbour(
+        &self,
+        pod_ip: IpAddr,
+        mac: [u8; 6],
+        shim_name: &str,
+    ) -> Result<(), NetError> {
+        let shim = self.link_by_name(shim_name).await?;
+        self.handle
+            .neighbours()
+            .add(shim.index, pod_ip)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| netlink_error(format!("pin neighbour {pod_ip} dev {shim_name}"), e))
+    }
+
+    async fn unpin_host_neighbour(&self, shim_index: u32, pod_ip: IpAddr) -> Result<(), NetError> {
+        let mut entries = self.handle.neighbours().get().execute();
+        while let Some(msg) = entries
+            .try_next()
+            .await
+            .map_err(|e| netlink_error("list neighbours".to_string(), e))?
+        {
+            let ours = msg.header.ifindex == shim_index
+                && msg.attributes.iter().any(|a| {
+                    matches!(a, NeighbourAttribute::Destination(d) if neighbour_ip(d) == Some(pod_ip))
+                });
+            if ours {
+                return match self.handle.neighbours().del(msg).execute().await {
+                    Ok(()) => Ok(()),
+                    Err(e) if errno_of(&e) == Some(ENOENT) => Ok(()),
+                    Err(e) => Err(netlink_error(format!("delete neighbour {pod_ip}"), e)),
+                };
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the shim route of `pod_ip`; `Ok(false)` when it (or the shim) was already gone.
     ///
     /// # Errors
@@ -1171,6 +1231,7 @@ impl Netlink {
         let Some(shim) = self.find_link(shim_name).await? else {
             return Ok(false);
         };
+        self.unpin_host_neighbour(shim.index, pod_ip).await?;
         self.del_route(shim.index, &Route::on_link(host_prefix(pod_ip)))
             .await
     }

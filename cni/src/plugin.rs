@@ -560,6 +560,7 @@ async fn attach(
         undo.host_route = Some((ip, shim.clone()));
         host.ensure_host_shim(parent, &shim, &[]).await?;
         host.add_host_route(ip, &shim).await?;
+        host.pin_host_neighbour(ip, link.mac, &shim).await?;
     }
     Ok(link)
 }

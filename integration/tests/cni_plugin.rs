@@ -681,10 +681,16 @@ fn chained_prev_result_is_extended() {
 
 #[test]
 fn host_reaches_pods_through_the_shim() {
-    let c = Cluster::new(1);
+    let c = Cluster::new(2);
     c.put_subnet("shim", |s| s.host_shim = true);
     let conf = c.netconf("shim", "1.1.0");
     let node = &c.lan.node(0).ns;
+    // Another LAN host that already knows the node, as the LAN's router or etcd would.
+    let other = &c.lan.node(1).ns;
+    assert!(other.ping("10.230.0.250"), "the LAN cannot reach the node");
+    // Linux ignores ARP updates for an entry younger than its locktime (1 s): let it age, so that
+    // an ARP request sent by the shim in the node's name would overwrite it, as on a real LAN.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let p = Pod::new("probe");
     let r = c.cni(0, "ADD", &conf, &p, "net1").ok().json();
     let ip = r["ips"][0]["address"]
@@ -700,6 +706,15 @@ fn host_reaches_pods_through_the_shim() {
         "the node cannot reach its pod {ip} through the shim"
     );
     assert!(p.ns.ping("10.230.0.250"), "the pod cannot reach its node");
+    // The rest of the LAN must still know the node's address at the node's own NIC, never at
+    // the shim's MAC (ARP flux): otherwise the node drops off the LAN when the shim goes.
+    let nic_mac = node.ip(&["-br", "link", "show", "eth0"]).unwrap();
+    let nic_mac = nic_mac.split_whitespace().nth(2).unwrap().to_string();
+    let neigh = other.ip(&["neigh", "show", "10.230.0.250"]).unwrap();
+    assert!(
+        neigh.contains(&nic_mac),
+        "the LAN learned the node's address at another MAC than its NIC's {nic_mac}: {neigh}"
+    );
 
     let q = Pod::new("probe2");
     c.cni(0, "ADD", &conf, &q, "net1").ok();
@@ -713,6 +728,10 @@ fn host_reaches_pods_through_the_shim() {
     assert!(
         !node.has_link("smv-eth0").unwrap(),
         "unused shim left behind"
+    );
+    assert!(
+        other.ping("10.230.0.250"),
+        "the node is unreachable from the LAN once its shim is gone"
     );
 }
 
