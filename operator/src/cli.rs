@@ -1,5 +1,5 @@
-//! The command line: one binary, one subcommand per job. `run` (the controller) is to come as
-//! another variant of [`Command`].
+//! The command line: one binary, one subcommand per job. `run` (the controller) is started by
+//! `main` itself (it needs its own runtime and logging); the rest run through [`run`].
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -17,8 +17,9 @@ use crate::table::Table;
 use crate::{crd, error::exit};
 
 const EXIT_CODES: &str =
-    "Exit codes: 0 ok, 1 not found, 2 usage or invalid input (nothing changed), \
-3 etcd unavailable, 4 conflict (etcd changed meanwhile, corrupt data or another schema version).";
+    "Exit codes: 0 ok, 1 not found (ipam check: problems found), 2 usage or invalid input \
+(nothing changed), 3 etcd or the API server unavailable, 4 conflict (etcd changed meanwhile, \
+corrupt data or another schema version).";
 
 /// The static-macvlan operator: CRDs, validation and mirroring into etcd, IPAM inspection.
 #[derive(Debug, Parser)]
@@ -30,6 +31,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the controller: mirror VlanSubnets, MacPools, AllocationRules and pods into etcd,
+    /// maintain MacvlanEndpoints, garbage-collect reservations of gone pods, serve metrics.
+    /// Settings: defaults < --config file < STATIC_MACVLAN_* environment < flags.
+    Run(crate::settings::RunArgs),
     /// Print the CRDs as multi-document YAML (or write them with their kustomization).
     Crds(CrdsArgs),
     /// Validate VlanSubnet, MacPool and AllocationRule objects and mirror them into etcd. Any
@@ -130,6 +135,21 @@ pub enum IpamCommand {
     Who(WhoArgs),
     /// Free reservations (repair): compare-and-delete of exactly what was read.
     Release(ReleaseArgs),
+    /// Check reservations: pods gone (per the API server when reachable), pending ones, index
+    /// inconsistencies. Exit 0 when clean, 1 when problems were found.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Output,
+    /// Do not consult the Kubernetes API (check etcd-internal consistency only).
+    #[arg(long)]
+    pub no_api: bool,
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +215,10 @@ fn parse_mac(s: &str) -> Result<MacAddr, String> {
 /// The command's error; [`Error::exit_code`] gives the process exit code.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
     match cli.command {
+        Command::Run(_) => Err(Error::Invalid(
+            "`run` is started by the binary's main, not through cli::run".to_string(),
+        )),
+        Command::Ipam(IpamCommand::Check(a)) => check(&a, out).await,
         Command::Crds(a) => crds(&a, out),
         Command::Apply(a) => apply(&a, out).await,
         Command::Ipam(IpamCommand::Show(a)) => show(&a, out).await,
@@ -453,6 +477,88 @@ async fn release(a: &ReleaseArgs, out: &mut dyn Write) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// A client for the cluster of the kubeconfig (or the one we run in), if it answers in time.
+async fn reachable_cluster() -> Result<kube::Client, String> {
+    let limit = std::time::Duration::from_secs(5);
+    let client = match tokio::time::timeout(limit, kube::Client::try_default()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(format!("no cluster configured: {e}")),
+        Err(_) => return Err("no answer configuring the client".to_string()),
+    };
+    match tokio::time::timeout(limit, client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(e)) => Err(format!("the API server did not answer: {e}")),
+        Err(_) => Err(format!("the API server did not answer within {limit:?}")),
+    }
+}
+
+async fn check(a: &CheckArgs, out: &mut dyn Write) -> Result<(), Error> {
+    use ipam::{ApiCheck, CheckReport, Severity};
+    let alloc = a.etcd.connect().await?;
+    let (reservations, mut findings) =
+        ipam::check_etcd(&alloc, k8s_openapi::jiff::Timestamp::now()).await?;
+    let api = if a.no_api {
+        ApiCheck::Skipped
+    } else {
+        match reachable_cluster().await {
+            Err(why) => ApiCheck::Unreachable(why),
+            Ok(client) => match ipam::check_pods(&client, alloc.keys(), &reservations).await {
+                Ok(f) => {
+                    findings.extend(f);
+                    ApiCheck::Checked
+                }
+                Err(e) => ApiCheck::Unreachable(e.to_string()),
+            },
+        }
+    };
+    let report = CheckReport {
+        reservations: reservations.len(),
+        api,
+        findings,
+    };
+    if a.output == Output::Json {
+        emit(out, &json(&report))?;
+    } else {
+        let mut text = String::new();
+        if !report.findings.is_empty() {
+            let mut t = Table::new(&["SEVERITY", "FINDING", "KEY", "DETAIL"]);
+            for f in &report.findings {
+                let sev = match f.severity {
+                    Severity::Problem => "problem",
+                    Severity::Info => "info",
+                };
+                t.row(vec![
+                    sev.to_string(),
+                    f.finding.to_string(),
+                    f.key.clone(),
+                    f.detail.clone(),
+                ]);
+            }
+            text.push_str(&t.render());
+        }
+        let api = match &report.api {
+            ApiCheck::Checked => "pods checked against the API server".to_string(),
+            ApiCheck::Skipped => {
+                "API server not consulted (--no-api): etcd-internal consistency only".to_string()
+            }
+            ApiCheck::Unreachable(why) => {
+                format!("no cluster reachable ({why}): checked etcd-internal consistency only")
+            }
+        };
+        text.push_str(&format!(
+            "{} reservation(s) under {}: {} problem(s); {api}\n",
+            report.reservations,
+            alloc.keys().prefix(),
+            report.problems()
+        ));
+        emit(out, &text)?;
+    }
+    match report.problems() {
+        0 => Ok(()),
+        n => Err(Error::Problems(format!("ipam check found {n} problem(s)"))),
+    }
 }
 
 /// The exit code for a finished command.

@@ -6,6 +6,8 @@ use crate::manifest::DocError;
 pub mod exit {
     /// Success.
     pub const OK: u8 = 0;
+    /// `ipam check` found problems.
+    pub const PROBLEMS: u8 = 1;
     /// The address, pod or subnet asked about holds or is nothing.
     pub const NOT_FOUND: u8 = 1;
     /// Bad command line or bad input (a manifest, an address); nothing was changed.
@@ -32,6 +34,10 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// `ipam check` found problems (listed in its output).
+    #[error("{0}")]
+    Problems(String),
+
     /// A reservation changed under us; nothing was done for it.
     #[error("{0}")]
     Conflict(String),
@@ -47,6 +53,14 @@ pub enum Error {
     /// An error of the allocator.
     #[error(transparent)]
     Allocator(#[from] static_macvlan_allocator::Error),
+
+    /// The Kubernetes API refused or did not answer a request.
+    #[error("{op}: kubernetes api: {source}")]
+    Kube {
+        op: String,
+        #[source]
+        source: kube::Error,
+    },
 
     /// A file could not be read or written.
     #[error("{op}: {source}")]
@@ -71,8 +85,9 @@ impl Error {
         match self {
             Error::Invalid(_) | Error::Manifest(_) | Error::Io { .. } => exit::INVALID,
             Error::NotFound(_) => exit::NOT_FOUND,
+            Error::Problems(_) => exit::PROBLEMS,
             Error::Conflict(_) => exit::CONFLICT,
-            Error::Etcd { .. } => exit::UNAVAILABLE,
+            Error::Etcd { .. } | Error::Kube { .. } => exit::UNAVAILABLE,
             Error::Allocator(a) => match a {
                 A::Invalid { .. } | A::OutsideSubnet { .. } => exit::INVALID,
                 A::SubnetNotFound(..) | A::MacPoolNotFound(..) => exit::NOT_FOUND,
@@ -89,6 +104,43 @@ impl Error {
             op: op.into(),
             source,
         }
+    }
+
+    pub(crate) fn kube(op: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let op = op.into();
+        move |source| Error::Kube { op, source }
+    }
+
+    /// A static label for metrics (`error="..."`): one value per kind of failure, never the
+    /// error's text, so the label's cardinality stays bounded.
+    pub fn metric_label(&self) -> &'static str {
+        use static_macvlan_allocator::Error as A;
+        match self {
+            Error::Invalid(_) | Error::Manifest(_) => "invalid",
+            Error::NotFound(_) => "not_found",
+            Error::Problems(_) => "problems",
+            Error::Conflict(_) => "conflict",
+            Error::Etcd { .. } => "etcd",
+            Error::Io { .. } => "io",
+            Error::Kube { source, .. } => match source {
+                kube::Error::Api(s) if s.code == 409 => "api_conflict",
+                kube::Error::Api(s) if s.code == 404 => "api_not_found",
+                kube::Error::Api(s) if (400..500).contains(&s.code) => "api_rejected",
+                _ => "api_unavailable",
+            },
+            Error::Allocator(a) => match a {
+                A::Unavailable { .. } | A::RetriesExhausted { .. } => "etcd_unavailable",
+                A::Etcd { .. } => "etcd",
+                A::SchemaMismatch { .. } => "schema_mismatch",
+                A::Corrupt { .. } => "corrupt",
+                _ => "allocator",
+            },
+        }
+    }
+
+    /// Whether the Kubernetes API answered "not found".
+    pub fn is_api_not_found(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404)
     }
 }
 

@@ -305,3 +305,279 @@ pub async fn release(
     }
     Ok(out)
 }
+
+/// How serious a finding of `ipam check` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Something to repair; makes `ipam check` exit 1.
+    Problem,
+    /// Worth knowing, nothing wrong (a pod being set up right now).
+    Info,
+}
+
+/// One finding of `ipam check`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    pub severity: Severity,
+    /// `pod-gone`, `pending`, `stale-pending`, `missing-index`, `orphan-index`, `mismatch`,
+    /// `corrupt`, `unknown-subnet`.
+    pub finding: &'static str,
+    /// The etcd key concerned.
+    pub key: String,
+    pub detail: String,
+}
+
+/// Whether and how the Kubernetes API was consulted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state", content = "reason")]
+pub enum ApiCheck {
+    /// Every committed reservation's pod was looked up.
+    Checked,
+    /// Not consulted (`--no-api`).
+    Skipped,
+    /// No cluster reachable: only etcd-internal consistency was checked.
+    Unreachable(String),
+}
+
+/// What `ipam check` found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub reservations: usize,
+    pub api: ApiCheck,
+    pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    pub fn problems(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Problem)
+            .count()
+    }
+}
+
+/// A pending reservation older than this should long have been freed by its lease (the plugin's
+/// pending TTL is a minute).
+pub const STALE_PENDING: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Reads every key under `prefix` at one revision, a page at a time (a large installation's
+/// index does not fit into one response).
+async fn list_all(
+    alloc: &Allocator,
+    prefix: &str,
+    revision: Option<i64>,
+) -> Result<(Vec<etcd_client::KeyValue>, i64), Error> {
+    use etcd_client::GetOptions;
+    const PAGE: i64 = 1000;
+    let end = static_macvlan_allocator::keys::prefix_end(prefix);
+    let mut kv = alloc.client().kv_client();
+    let mut from = prefix.as_bytes().to_vec();
+    let mut out = Vec::new();
+    let mut rev = revision.unwrap_or(0);
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if rev > 0 {
+            opts = opts.with_revision(rev);
+        }
+        let resp = kv
+            .get(from.clone(), Some(opts))
+            .await
+            .map_err(|e| Error::etcd(format!("list {prefix}"), e))?;
+        if rev == 0 {
+            rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+        }
+        let kvs = resp.kvs();
+        out.extend_from_slice(kvs);
+        match (resp.more(), kvs.last()) {
+            (true, Some(last)) => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((out, rev)),
+        }
+    }
+}
+
+fn key_of(kv: &etcd_client::KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).into_owned()
+}
+
+/// The etcd-internal checks: every reservation's four keys hold the same record (same
+/// revision), no index key without its owner entry, records decode, subnets exist, pending
+/// reservations are young. Returns the reservations (from the owner index) and the findings.
+///
+/// # Errors
+/// etcd failures.
+pub async fn check_etcd(
+    alloc: &Allocator,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Result<(Vec<Reservation>, Vec<Finding>), Error> {
+    let k = alloc.keys();
+    let (owners, rev) = list_all(alloc, &k.owners(), None).await?;
+    let mut others = Vec::new();
+    for prefix in [
+        format!("{}/ips/", k.prefix()),
+        k.macs(),
+        format!("{}/nodes/", k.prefix()),
+    ] {
+        others.extend(list_all(alloc, &prefix, Some(rev)).await?.0);
+    }
+    let snap = Snapshot::read(alloc).await?;
+    let mut findings = Vec::new();
+    let problem = |finding, key: String, detail: String| Finding {
+        severity: Severity::Problem,
+        finding,
+        key,
+        detail,
+    };
+    let by_key: std::collections::HashMap<String, i64> = others
+        .iter()
+        .map(|kv| (key_of(kv), kv.mod_revision()))
+        .collect();
+    let mut expected = std::collections::HashSet::new();
+    let mut reservations = Vec::new();
+    for kv in &owners {
+        let key = key_of(kv);
+        let record: Record = match serde_json::from_slice(kv.value()) {
+            Ok(r) => r,
+            Err(e) => {
+                findings.push(problem(
+                    "corrupt",
+                    key,
+                    format!("value does not decode: {e}"),
+                ));
+                continue;
+            }
+        };
+        let o = &record.owner;
+        if key != k.owner(&o.pod_uid, &o.ifname) {
+            findings.push(problem(
+                "mismatch",
+                key.clone(),
+                format!(
+                    "the record names owner {} / {}, not this key",
+                    o.pod_uid, o.ifname
+                ),
+            ));
+        }
+        let mut index = vec![
+            k.ip(&record.subnet, record.ip),
+            k.node(&o.node, &o.pod_uid, &o.ifname),
+        ];
+        if let Some(mac) = record.mac {
+            index.push(k.mac(mac));
+        }
+        for ik in index {
+            match by_key.get(&ik) {
+                None => findings.push(problem(
+                    "missing-index",
+                    key.clone(),
+                    format!("{ik} is missing (the reservation of {o} is incomplete)"),
+                )),
+                Some(r) if *r != kv.mod_revision() => findings.push(problem(
+                    "mismatch",
+                    ik.clone(),
+                    format!(
+                        "written at revision {r}, the owner entry {key} at {}: they hold different reservations",
+                        kv.mod_revision()
+                    ),
+                )),
+                Some(_) => {}
+            }
+            expected.insert(ik);
+        }
+        if !snap.subnets.contains_key(&record.subnet) {
+            findings.push(problem(
+                "unknown-subnet",
+                key.clone(),
+                format!(
+                    "reservation of {} in subnet {}, which is not configured",
+                    record.ip, record.subnet
+                ),
+            ));
+        }
+        if record.state == static_macvlan_allocator::State::Pending {
+            let age = record
+                .since
+                .parse::<k8s_openapi::jiff::Timestamp>()
+                .ok()
+                .and_then(|t| now.duration_since(t).try_into().ok())
+                .unwrap_or(std::time::Duration::ZERO);
+            let detail = format!(
+                "{} in {} for {o} pending for {}s (lease {})",
+                record.ip,
+                record.subnet,
+                age.as_secs(),
+                record.lease.as_deref().unwrap_or("-")
+            );
+            findings.push(if age > STALE_PENDING {
+                problem("stale-pending", key.clone(), detail)
+            } else {
+                Finding {
+                    severity: Severity::Info,
+                    finding: "pending",
+                    key: key.clone(),
+                    detail,
+                }
+            });
+        }
+        reservations.push(Reservation {
+            record,
+            revision: kv.mod_revision(),
+        });
+    }
+    for kv in &others {
+        let key = key_of(kv);
+        if expected.contains(&key) {
+            continue;
+        }
+        let holder = serde_json::from_slice::<Record>(kv.value())
+            .map(|r| format!("its record names {}", r.owner))
+            .unwrap_or_else(|e| format!("its value does not decode: {e}"));
+        findings.push(problem(
+            "orphan-index",
+            key,
+            format!("no owner entry refers to this key; {holder}"),
+        ));
+    }
+    Ok((reservations, findings))
+}
+
+/// The API part of `ipam check`: committed reservations whose pod is gone.
+///
+/// # Errors
+/// API failures.
+pub async fn check_pods(
+    client: &kube::Client,
+    keys: &static_macvlan_allocator::Keys,
+    reservations: &[Reservation],
+) -> Result<Vec<Finding>, Error> {
+    use crate::gc::{ask, questions, PodAnswer};
+    let answers = ask(client, &questions(reservations, None)).await?;
+    let mut out = Vec::new();
+    for r in reservations {
+        let o = &r.record.owner;
+        let why = match answers.get(&(o.namespace.clone(), o.pod.clone())) {
+            Some(PodAnswer::Missing) => format!("pod {}/{} does not exist", o.namespace, o.pod),
+            Some(PodAnswer::Present(uid)) if *uid != o.pod_uid => format!(
+                "pod {}/{} is now another pod (uid {uid})",
+                o.namespace, o.pod
+            ),
+            _ => continue,
+        };
+        out.push(Finding {
+            severity: Severity::Problem,
+            finding: "pod-gone",
+            key: keys.ip(&r.record.subnet, r.record.ip),
+            detail: format!(
+                "{why}; reservation of uid {} ({}) is left over: the operator's GC frees it after \
+                 its grace period, or `ipam release --pod-uid {}`",
+                o.pod_uid, o.ifname, o.pod_uid
+            ),
+        });
+    }
+    Ok(out)
+}

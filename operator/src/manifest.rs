@@ -463,7 +463,7 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
 
 /// The CRD's `self == oldSelf` rules, against the version in etcd: a subnet's reservations are
 /// keyed under its name, so moving it to another LAN or address range would strand them.
-fn check_immutable(old: &SubnetConfig, new: &VlanSubnetSpec) -> Result<(), FieldError> {
+pub(crate) fn check_immutable(old: &SubnetConfig, new: &VlanSubnetSpec) -> Result<(), FieldError> {
     let hint = |what: &str, old: &str| {
         format!("is immutable: etcd holds {what} {old} for this subnet; create a new VlanSubnet instead")
     };

@@ -204,3 +204,112 @@ pub async fn macpool_used(alloc: &Allocator, pool: &MacPool) -> Result<u128, Err
     }
     Ok(used)
 }
+
+/// Reads one configuration key.
+///
+/// # Errors
+/// [`Error::Etcd`].
+pub async fn read_one<T: DeserializeOwned>(
+    alloc: &Allocator,
+    key: &str,
+) -> Result<Option<Stored<T>>, Error> {
+    let resp = txn(
+        alloc,
+        &format!("read {key}"),
+        Txn::new().and_then(vec![TxnOp::get(key, None)]),
+    )
+    .await?;
+    let found = resp
+        .op_responses()
+        .first()
+        .and_then(|r| kvs(r).first().cloned());
+    Ok(found.map(|kv| stored("", &kv).1))
+}
+
+/// How many IP reservations a subnet holds (counted by etcd, nothing transferred), and the
+/// revision of the count.
+///
+/// # Errors
+/// [`Error::Etcd`].
+pub async fn count_ips(alloc: &Allocator, subnet: &str) -> Result<(u64, i64), Error> {
+    let t = Txn::new().and_then(vec![TxnOp::get(
+        alloc.keys().ips(subnet),
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    )]);
+    let resp = txn(alloc, &format!("count reservations of subnet {subnet}"), t).await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+    let count = match resp.op_responses().first() {
+        Some(TxnOpResponse::Get(g)) => g.count().max(0) as u64,
+        _ => 0,
+    };
+    Ok((count, revision))
+}
+
+/// What [`delete_subnet_if_unused`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubnetRemoval {
+    /// The config key was deleted.
+    Removed,
+    /// There was no config key (and no reservation).
+    Absent,
+    /// Reservations use the subnet: nothing was deleted.
+    InUse(u64),
+}
+
+/// Deletes a subnet's config key only while no reservation uses it. The delete is one
+/// transaction guarded by "no key under `ips/<subnet>/` was written after the count that found
+/// none" (a compare over the key range: vacuously true while it is empty), so a reservation made
+/// between the count and the delete keeps the subnet.
+///
+/// # Errors
+/// [`Error::Etcd`].
+pub async fn delete_subnet_if_unused(
+    alloc: &Allocator,
+    subnet: &str,
+) -> Result<SubnetRemoval, Error> {
+    let k = alloc.keys();
+    let (count, revision) = count_ips(alloc, subnet).await?;
+    if count > 0 {
+        return Ok(SubnetRemoval::InUse(count));
+    }
+    let key = k.subnet(subnet);
+    let t = Txn::new()
+        .when(vec![Compare::mod_revision(
+            k.ips(subnet),
+            CompareOp::Less,
+            revision + 1,
+        )
+        .with_prefix()])
+        .and_then(vec![TxnOp::delete(key, None)])
+        .or_else(vec![TxnOp::get(
+            k.ips(subnet),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )]);
+    let resp = txn(alloc, &format!("delete subnet {subnet}"), t).await?;
+    let first = resp.op_responses().into_iter().next();
+    match (resp.succeeded(), first) {
+        (true, Some(TxnOpResponse::Delete(d))) if d.deleted() > 0 => Ok(SubnetRemoval::Removed),
+        (true, _) => Ok(SubnetRemoval::Absent),
+        (false, Some(TxnOpResponse::Get(g))) => Ok(SubnetRemoval::InUse(g.count().max(1) as u64)),
+        (false, _) => Ok(SubnetRemoval::InUse(1)),
+    }
+}
+
+/// Deletes `key` only if it is still at `mod_revision` (nobody rewrote it since it was read).
+///
+/// # Errors
+/// [`Error::Etcd`].
+pub async fn delete_if_unchanged(
+    alloc: &Allocator,
+    key: &str,
+    mod_revision: i64,
+) -> Result<bool, Error> {
+    let t = Txn::new()
+        .when(vec![Compare::mod_revision(
+            key,
+            CompareOp::Equal,
+            mod_revision,
+        )])
+        .and_then(vec![TxnOp::delete(key, None)]);
+    Ok(txn(alloc, &format!("delete {key}"), t).await?.succeeded())
+}

@@ -332,3 +332,130 @@ async fn release_frees_exactly_what_it_names() {
         assert_eq!(r.code, 2, "{args:?}: {r}");
     }
 }
+
+/// `ipam check` with no cluster to ask (KUBECONFIG names no file, not in a pod).
+fn check(s: &Site, extra: &[&str]) -> common::Run {
+    let endpoint = s.f.etcd.endpoint();
+    let mut args = vec!["ipam", "check"];
+    args.extend(extra);
+    args.extend([
+        "--etcd-endpoints",
+        endpoint.as_str(),
+        "--prefix",
+        s.f.prefix.as_str(),
+    ]);
+    common::run(&args, None, &[("KUBECONFIG", "/nonexistent/kubeconfig")])
+}
+
+#[tokio::test]
+async fn check_without_a_cluster_checks_etcd_consistency() {
+    let s = site().await;
+    let r = check(&s, &[]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stdout.contains("no cluster reachable")
+            && r.stdout.contains("etcd-internal consistency only"),
+        "{r}"
+    );
+    // db-0's reservation is pending (being set up): reported, not a problem.
+    let pending = row(&r.stdout, "info");
+    assert_eq!(pending[1], "pending", "{r}");
+    assert!(r.stdout.contains("3 reservation(s)"), "{r}");
+
+    let r = check(&s, &["--no-api", "-o", "json"]);
+    assert_eq!(r.code, 0, "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["api"]["state"], "skipped");
+    assert_eq!(v["reservations"], 3);
+
+    // Break the index: web-0's IP key disappears (deleted by hand), its MAC key too.
+    let web = &s.web.record;
+    for key in [
+        format!("{}/ips/lan-100/{}", s.f.prefix, web.ip),
+        format!("{}/owners/u-web/net2", s.f.prefix),
+    ] {
+        s.f.etcd.etcdctl(&["del", &key]).unwrap();
+    }
+    let r = check(&s, &["-o", "json"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("ipam check found"), "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["api"]["state"], "unreachable", "{v}");
+    let found: Vec<(String, String)> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "problem")
+        .map(|f| {
+            (
+                f["finding"].as_str().unwrap().to_string(),
+                f["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // The owner entry lost its IP key; net2's IP, MAC-less, and node keys lost their owner.
+    assert!(
+        found.contains(&(
+            "missing-index".to_string(),
+            format!("{}/owners/u-web/net1", s.f.prefix)
+        )),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&(
+            "orphan-index".to_string(),
+            format!("{}/ips/lab/10.230.0.40", s.f.prefix)
+        )),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&(
+            "orphan-index".to_string(),
+            format!("{}/nodes/node-a/u-web/net2", s.f.prefix)
+        )),
+        "{found:?}"
+    );
+}
+
+#[tokio::test]
+async fn check_asks_the_api_server_about_pods() {
+    use common::mockapi::{not_found, MockApi, Recorded, Reply};
+    let s = site().await;
+    let (reservations, _) =
+        static_macvlan_operator::ipam::check_etcd(&s.alloc, k8s_openapi::jiff::Timestamp::now())
+            .await
+            .unwrap();
+    // web-0 was re-created (another UID); db-0 (pending) is never asked about.
+    let api = MockApi::new(|r: Recorded| async move {
+        assert!(
+            !r.path.ends_with("/db-0"),
+            "pending reservations are not checked"
+        );
+        if r.path == "/api/v1/namespaces/default/pods/web-0" {
+            Reply::Json(
+                200,
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "web-0", "namespace": "default", "uid": "u-web-2"}}),
+            )
+        } else {
+            not_found("pod")
+        }
+    });
+    let findings =
+        static_macvlan_operator::ipam::check_pods(&api.client, s.alloc.keys(), &reservations)
+            .await
+            .unwrap();
+    assert_eq!(findings.len(), 2, "{findings:#?}");
+    assert!(findings.iter().all(|f| f.finding == "pod-gone"));
+    assert!(
+        findings[0]
+            .detail
+            .contains("is now another pod (uid u-web-2)"),
+        "{findings:#?}"
+    );
+    assert!(findings[0].detail.contains("ipam release --pod-uid u-web"));
+    assert_eq!(
+        findings[0].key,
+        format!("{}/ips/lan-100/10.230.0.33", s.f.prefix)
+    );
+}

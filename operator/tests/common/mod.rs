@@ -2,6 +2,8 @@
 //! the test's etcd under its fresh prefix.
 #![allow(dead_code)]
 
+pub mod mockapi;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -94,13 +96,31 @@ impl Fixture {
     }
 
     pub async fn allocator(&self) -> Allocator {
+        self.allocator_with(Options::default()).await
+    }
+
+    pub async fn allocator_with(&self, opts: Options) -> Allocator {
         let cfg = EtcdConfig {
             prefix: self.prefix.clone(),
             ..EtcdConfig::new(self.etcd.endpoints())
         };
-        Allocator::connect(&cfg, Options::default())
+        Allocator::connect(&cfg, opts)
             .await
             .expect("connect allocator")
+    }
+
+    /// The value of one key under the fixture's prefix (`rest` without the prefix), if any.
+    pub fn get(&self, rest: &str) -> Option<String> {
+        let out = self
+            .etcd
+            .etcdctl(&[
+                "get",
+                "--print-value-only",
+                &format!("{}/{rest}", self.prefix),
+            ])
+            .expect("etcdctl get");
+        let v = out.trim_end_matches('\n');
+        (!v.is_empty()).then(|| v.to_string())
     }
 
     /// `etcdctl get --prefix` of the fixture's prefix: keys only.
