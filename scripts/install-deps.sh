@@ -12,6 +12,9 @@ have jq || need+=(jq)
 have ping || need+=(iputils-ping)
 have curl || need+=(curl)
 [ -x /usr/lib/cni/macvlan ] || need+=(containernetworking-plugins)
+# The deploy tests build the kustomize overlays with `kubectl kustomize`. Debian's own kubectl
+# (kubernetes-client) is old; a newer kubectl already on the machine is kept.
+have kubectl || need+=(kubernetes-client)
 
 if ((${#need[@]})); then
   echo "==> installing: ${need[*]}"
