@@ -1,49 +1,168 @@
 #!/usr/bin/env bash
-# The main job: a local demo on an embedded default. Installs what is missing, builds, starts a
-# throw-away etcd on a free loopback port, and walks through reservations; everything it started
-# is stopped and removed on exit, Ctrl-C included.
+# The main job: a guided local demo on an embedded default. On a fresh Debian machine (as root) it
+# installs what is missing, builds the binaries, starts a throw-away etcd, builds a small simulated
+# LAN out of network namespaces (a switch, two nodes, pods), mirrors the sample VlanSubnet and
+# MacPool with `static-macvlan-operator apply`, and runs the real CNI plugin exactly as a container
+# runtime does. Every step is checked; any failure exits non-zero. Everything it created is removed
+# on exit, Ctrl-C included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 
+if [ "$(id -u)" -ne 0 ]; then
+  echo "the demo creates network namespaces: run it as root" >&2
+  exit 1
+fi
 ./scripts/install-deps.sh
-echo "==> building"
-cargo build --release --workspace --bins --examples -q
+echo "==> building static-macvlan and static-macvlan-operator (release)"
+cargo build --release -q -p static-macvlan-cni -p static-macvlan-operator
+plugin=$root/target/release/static-macvlan
+operator=$root/target/release/static-macvlan-operator
 
-work=$(mktemp -d /tmp/static-macvlan-demo.XXXXXX)
+tag="smv-demo-$$"
+lan="$tag-lan"
+work=$(mktemp -d "/tmp/$tag.XXXXXX")
+namespaces=()
 etcd_pid=""
+
 cleanup() {
-  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null || true
+  set +e
+  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+  for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null; done
   rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'echo; echo "interrupted: cleaning up"; exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-client_port=$(free_port)
-peer_port=$(free_port)
-endpoint="http://127.0.0.1:${client_port}"
-prefix=/static-macvlan
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+show() { printf '    $ %s\n' "$*"; }
+in_lan() { ip netns exec "$lan" "$@"; }
+netns() { ip netns add "$1"; namespaces+=("$1"); ip -n "$1" link set lo up; }
 
-echo "==> starting etcd at ${endpoint} (data in ${work})"
-etcd --name demo --data-dir "$work/etcd" \
-  --listen-client-urls "$endpoint" --advertise-client-urls "$endpoint" \
-  --listen-peer-urls "http://127.0.0.1:${peer_port}" --initial-advertise-peer-urls "http://127.0.0.1:${peer_port}" \
-  --initial-cluster "demo=http://127.0.0.1:${peer_port}" --auto-compaction-retention=1 \
+step "a LAN: switch namespace $lan with bridge br0 (10.230.0.1, the router and etcd's host)"
+netns "$lan"
+ip -n "$lan" link add br0 type bridge
+ip -n "$lan" addr add 10.230.0.1/24 dev br0
+ip -n "$lan" link set br0 up
+
+declare -A node_ip=([a]=10.230.0.11 [b]=10.230.0.12)
+for n in a b; do
+  ns="$tag-node-$n"
+  netns "$ns"
+  # The node's physical NIC is a veth end named eth0; its peer is a port of the switch.
+  ip link add eth0 netns "$ns" type veth peer name "port-$n" netns "$lan"
+  ip -n "$lan" link set "port-$n" master br0 up
+  ip -n "$ns" addr add "${node_ip[$n]}/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  echo "    node-$n: namespace $ns, eth0 ${node_ip[$n]}/24"
+done
+
+step "etcd inside the LAN namespace at http://10.230.0.1:2379 (data in $work)"
+in_lan etcd --name demo --data-dir "$work/etcd" \
+  --listen-client-urls http://10.230.0.1:2379,http://127.0.0.1:2379 \
+  --advertise-client-urls http://10.230.0.1:2379 \
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --initial-cluster demo=http://127.0.0.1:2380 --auto-compaction-retention=1 \
   --logger=zap --log-outputs=stderr --log-level=error 2>"$work/etcd.log" &
 etcd_pid=$!
+export ETCDCTL_API=3
 for _ in $(seq 50); do
-  ETCDCTL_API=3 etcdctl --endpoints "$endpoint" endpoint health >/dev/null 2>&1 && break
+  in_lan etcdctl --endpoints http://127.0.0.1:2379 endpoint health >/dev/null 2>&1 && break
   sleep 0.2
 done
-ETCDCTL_API=3 etcdctl --endpoints "$endpoint" endpoint health >/dev/null
+in_lan etcdctl --endpoints http://127.0.0.1:2379 endpoint health
+export STATIC_MACVLAN_ETCD_ENDPOINTS=http://127.0.0.1:2379
 
-echo
-echo "==> reservations through the allocator"
-./target/release/examples/walkthrough "$endpoint" "$prefix"
+step "mirror the sample VlanSubnets and MacPool into etcd (what the operator does from kubectl apply)"
+show "static-macvlan-operator apply -f deploy/kustomize/samples/vlansubnets.yaml -f deploy/kustomize/samples/macpool.yaml"
+in_lan "$operator" apply -f deploy/kustomize/samples/vlansubnets.yaml -f deploy/kustomize/samples/macpool.yaml
 
-echo
-echo "==> what etcd holds: etcdctl get --prefix ${prefix}/"
-ETCDCTL_API=3 etcdctl --endpoints "$endpoint" get --prefix "${prefix}/" | paste - - | sed 's/\t/  =  /' | cut -c1-220
+netconf() {
+  # $1 = network name; extra JSON members may follow (e.g. runtimeConfig)
+  local extra=${2:-}
+  printf '{"cniVersion":"1.1.0","name":"%s","type":"static-macvlan","subnet":"lan",' "$1"
+  printf '"etcd":{"endpoints":["http://10.230.0.1:2379"]},"capabilities":{"ips":true,"mac":true}%s}' "$extra"
+}
 
-echo
-echo "demo finished: everything it started is being cleaned up"
+# cni NODE POD-NS COMMAND CONTAINER IFNAME NAMESPACE POD UID [netconf-extra]: the plugin run the way
+# a runtime runs it, on the node: environment plus the netconf on stdin.
+cni() {
+  local node=$1 podns=$2 cmd=$3 cid=$4 ifname=$5 kns=$6 kpod=$7 uid=$8 extra=${9:-}
+  netconf lan "$extra" | ip netns exec "$tag-node-$node" env -i PATH="$PATH" \
+    STATIC_MACVLAN_NODE="node-$node" CNI_COMMAND="$cmd" CNI_CONTAINERID="$cid" \
+    CNI_NETNS="/var/run/netns/$podns" CNI_IFNAME="$ifname" CNI_PATH=/opt/cni/bin \
+    CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=$kns;K8S_POD_NAME=$kpod;K8S_POD_UID=$uid" \
+    "$plugin" 2>>"$work/plugin.log"
+}
+
+pod() { # pod NAME: a pod sandbox namespace
+  netns "$tag-pod-$1"
+}
+
+step "ADD demo/web-0 on node-a: automatic IP and MAC"
+pod web-0
+show "CNI_COMMAND=ADD CNI_IFNAME=net1 ... static-macvlan < netconf"
+cni a "$tag-pod-web-0" ADD c-web-0 net1 demo web-0 uid-web-0 | tee "$work/web-0.json" | jq -c '{ips: [.ips[].address], mac: .interfaces[0].mac}'
+web_ip=$(jq -r '.ips[0].address' "$work/web-0.json" | cut -d/ -f1)
+
+step "ADD demo/db-0 on node-b: static IP 10.230.0.50 and MAC 02:00:0a:e6:00:32 (Multus runtimeConfig)"
+pod db-0
+cni b "$tag-pod-db-0" ADD c-db-0 net1 demo db-0 uid-db-0 \
+  ',"runtimeConfig":{"ips":["10.230.0.50/24"],"mac":"02:00:0a:e6:00:32"}' | jq -c '{ips: [.ips[].address], mac: .interfaces[0].mac}'
+show "ip -n db-0 -br addr show net1"
+ip -n "$tag-pod-db-0" -br addr show net1
+ip -n "$tag-pod-db-0" -br link show net1
+
+step "a second pod asking for the same address is refused, and nothing is left behind"
+pod thief
+if out=$(cni a "$tag-pod-thief" ADD c-thief net1 demo thief uid-thief ',"runtimeConfig":{"ips":["10.230.0.50/24"]}'); then
+  echo "the conflicting ADD succeeded: $out" >&2
+  exit 1
+fi
+echo "$out" | jq .
+if ip -n "$tag-pod-thief" link show net1 >/dev/null 2>&1; then
+  echo "a link was left in the refused pod" >&2
+  exit 1
+fi
+echo "    no net1 in the refused pod's namespace"
+
+step "pods on two nodes reach each other across the LAN"
+show "ip netns exec web-0 ping -c 2 10.230.0.50"
+ip netns exec "$tag-pod-web-0" ping -c 2 -W 2 10.230.0.50
+show "ip netns exec db-0 ping -c 2 $web_ip"
+ip netns exec "$tag-pod-db-0" ping -c 2 -W 2 "$web_ip"
+
+step "the node reaches its own pod through the host shim (subnet lan has hostShim: true)"
+show "ip -n node-a route show dev smv-* (the plugin's /32 route)"
+ip -n "$tag-node-a" route | grep -F "$web_ip" || { echo "no host route to $web_ip" >&2; exit 1; }
+show "ip netns exec node-a ping -c 2 $web_ip"
+ip netns exec "$tag-node-a" ping -c 2 -W 2 "$web_ip"
+
+step "CHECK demo/web-0 (interface, addresses, routes and the reservation in etcd)"
+prev=$(cat "$work/web-0.json")
+cni a "$tag-pod-web-0" CHECK c-web-0 net1 demo web-0 uid-web-0 ",\"prevResult\":$prev" && echo "    CHECK ok"
+
+step "what the operator's CLI shows"
+show "static-macvlan-operator ipam show"
+in_lan "$operator" ipam show
+show "static-macvlan-operator ipam who 10.230.0.50"
+in_lan "$operator" ipam who 10.230.0.50
+
+step "what etcd holds"
+show "etcdctl get --prefix --keys-only /static-macvlan/"
+in_lan etcdctl --endpoints http://127.0.0.1:2379 get --prefix --keys-only /static-macvlan/ | sed '/^$/d; s/^/    /'
+show "etcdctl get /static-macvlan/ips/lan/10.230.0.50"
+in_lan etcdctl --endpoints http://127.0.0.1:2379 get --print-value-only /static-macvlan/ips/lan/10.230.0.50 | jq -c .
+
+step "a DEL from an old sandbox of db-0 frees nothing; the real DEL frees everything"
+cni b "$tag-pod-db-0" DEL c-db-0-old net1 demo db-0 uid-db-0
+in_lan "$operator" ipam who 10.230.0.50 >/dev/null && echo "    10.230.0.50 still held by demo/db-0"
+cni b "$tag-pod-db-0" DEL c-db-0 net1 demo db-0 uid-db-0
+cni a "$tag-pod-web-0" DEL c-web-0 net1 demo web-0 uid-web-0
+cni a "$tag-pod-web-0" DEL c-web-0 net1 demo web-0 uid-web-0 && echo "    DEL twice is fine"
+left=$(in_lan etcdctl --endpoints http://127.0.0.1:2379 get --prefix --keys-only /static-macvlan/ips/ | sed '/^$/d' | wc -l)
+[ "$left" -eq 0 ] || { echo "$left reservations left after DEL" >&2; exit 1; }
+echo "    no reservation left"
+in_lan "$operator" ipam show
+
+step "demo finished; removing namespaces, links and etcd"
