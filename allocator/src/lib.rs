@@ -8,6 +8,7 @@
 //! - [`model`]: configuration as mirrored into etcd, its validated forms, owners and records.
 //! - [`etcd`]: connection settings (endpoints, TLS files, prefix, timeouts).
 //! - [`store`]: the [`Allocator`]: reserve, commit, release, queries.
+//! - [`rules`]: AllocationRules and subnet selectors in CEL: compile, type-check, evaluate under a budget.
 //! - [`error`]: the one error type.
 
 pub mod addr;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod etcd;
 pub mod keys;
 pub mod model;
+pub mod rules;
 pub mod store;
 mod window;
 

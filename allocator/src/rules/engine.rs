@@ -1,0 +1,429 @@
+//! Compiled rules, rule sets and their decisions; subnet selectors.
+
+use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::budget::{Budget, Metered};
+use super::context::Context;
+use super::expr::{CompiledExpr, Want};
+use super::net::parse_ip;
+use super::spec::{content_hash, hex, AllocationRuleSpec, DEFAULT_STICKY_KEY};
+use super::{invalid, RuleError};
+use crate::addr::MacAddr;
+use crate::model::Mirrored;
+
+/// Longest sticky key, in bytes.
+const MAX_STICKY_KEY: usize = 512;
+
+/// A validated and compiled AllocationRule. Cheap to clone; keyed for caching by
+/// ([`name`](CompiledRule::name), [`hash`](CompiledRule::hash)).
+#[derive(Clone, Debug)]
+pub struct CompiledRule {
+    name: String,
+    spec: AllocationRuleSpec,
+    /// Computed on first use: the plugin, compiling on every ADD, rarely needs it.
+    hash: OnceLock<String>,
+    matcher: CompiledExpr,
+    ip: Option<CompiledExpr>,
+    mac: Option<CompiledExpr>,
+    sticky: Option<(CompiledExpr, Duration)>,
+    subnets: Vec<String>,
+    deny: Option<String>,
+}
+
+/// Validates and compiles rule `name`: structure first, then every CEL expression (parse, type
+/// check, result type, a trial run on a sample pod).
+///
+/// # Errors
+/// [`RuleError::Invalid`] naming the first offending field, with the CEL error and its
+/// position where there is one.
+pub fn compile(name: &str, spec: &AllocationRuleSpec) -> Result<CompiledRule, RuleError> {
+    spec.validate(name)?;
+    let expr = |field: &str, source: &str, want| CompiledExpr::compile(name, field, source, want);
+    let matcher = expr("spec.match", &spec.r#match, Want::Bool)?;
+    let ip = spec
+        .ip
+        .as_deref()
+        .map(|s| expr("spec.ip", s, Want::String))
+        .transpose()?;
+    let mac = spec
+        .mac
+        .as_deref()
+        .map(|s| expr("spec.mac", s, Want::String))
+        .transpose()?;
+    let sticky = match &spec.sticky {
+        Some(sticky) => {
+            let key = match &sticky.key {
+                Some(key) => expr("spec.sticky.key", key, Want::String)?,
+                None => expr("spec.sticky.key", DEFAULT_STICKY_KEY, Want::String)?,
+            };
+            Some((key, Duration::from_secs(u64::from(sticky.hold_seconds))))
+        }
+        None => None,
+    };
+    Ok(CompiledRule {
+        name: name.to_owned(),
+        hash: OnceLock::new(),
+        subnets: spec.subnet_list(),
+        deny: spec.deny.as_ref().map(|d| d.message.trim().to_owned()),
+        spec: spec.clone(),
+        matcher,
+        ip,
+        mac,
+        sticky,
+    })
+}
+
+/// Whether any expression of `rule` reads `pod.labels` or `pod.annotations`: only then does the
+/// plugin need the pod mirror from etcd. Decided on the parsed AST (see `docs/rules.md`).
+pub fn needs_pod_metadata(rule: &CompiledRule) -> bool {
+    rule.needs_pod_metadata()
+}
+
+impl CompiledRule {
+    /// Compiles a rule as mirrored into etcd.
+    ///
+    /// # Errors
+    /// As [`compile`].
+    pub fn from_mirrored(mirrored: &Mirrored<AllocationRuleSpec>) -> Result<Self, RuleError> {
+        compile(&mirrored.name, &mirrored.spec)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn priority(&self) -> i32 {
+        self.spec.priority
+    }
+
+    pub fn spec(&self) -> &AllocationRuleSpec {
+        &self.spec
+    }
+
+    /// The spec's [`content_hash`].
+    pub fn hash(&self) -> &str {
+        self.hash.get_or_init(|| content_hash(&self.spec))
+    }
+
+    /// See [`needs_pod_metadata`].
+    pub fn needs_pod_metadata(&self) -> bool {
+        self.exprs().any(|e| e.needs_metadata)
+    }
+
+    fn exprs(&self) -> impl Iterator<Item = &CompiledExpr> {
+        std::iter::once(&self.matcher)
+            .chain(self.ip.as_ref())
+            .chain(self.mac.as_ref())
+            .chain(self.sticky.as_ref().map(|(k, _)| k))
+    }
+}
+
+/// Sticky reservation requested by the matching rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sticky {
+    /// The evaluated key (by default `<namespace>/<name>`).
+    pub key: String,
+    /// How long the addresses stay reserved for the key after DEL.
+    pub hold: Duration,
+}
+
+/// The outcome of evaluating a [`RuleSet`] for one attachment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// The rule that matched, `None` when none did.
+    pub rule: Option<String>,
+    /// Subnets to try in order (first with room); empty: the netconf's subnet.
+    pub subnets: Vec<String>,
+    /// The address the rule computed; `None`: allocate automatically (or as requested).
+    pub ip: Option<IpAddr>,
+    pub mac: Option<MacAddr>,
+    pub sticky: Option<Sticky>,
+    /// Set when the rule denies the attachment: the ADD must fail with this message.
+    pub deny: Option<String>,
+    /// One line for the plugin's log: which rule decided, and how many were evaluated.
+    pub reason: String,
+}
+
+/// The rules of a cluster, ordered by priority (highest first), ties by name.
+#[derive(Clone, Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<CompiledRule>,
+}
+
+impl RuleSet {
+    /// Compiles every rule. One invalid rule fails the whole set: rules are policy, and
+    /// skipping one could hand out an address it forbids.
+    ///
+    /// # Errors
+    /// The first rule's [`RuleError::Invalid`]; also for two rules of one name.
+    pub fn new(rules: Vec<(String, AllocationRuleSpec)>) -> Result<RuleSet, RuleError> {
+        let compiled = rules
+            .iter()
+            .map(|(name, spec)| compile(name, spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        RuleSet::from_compiled(compiled)
+    }
+
+    /// Compiles rules as mirrored into etcd.
+    ///
+    /// # Errors
+    /// As [`RuleSet::new`].
+    pub fn from_mirrored<'a>(
+        rules: impl IntoIterator<Item = &'a Mirrored<AllocationRuleSpec>>,
+    ) -> Result<RuleSet, RuleError> {
+        let compiled = rules
+            .into_iter()
+            .map(CompiledRule::from_mirrored)
+            .collect::<Result<Vec<_>, _>>()?;
+        RuleSet::from_compiled(compiled)
+    }
+
+    /// A set from rules compiled earlier (e.g. kept in a cache keyed by name and hash).
+    ///
+    /// # Errors
+    /// [`RuleError::Invalid`] for two rules of one name.
+    pub fn from_compiled(mut rules: Vec<CompiledRule>) -> Result<RuleSet, RuleError> {
+        rules.sort_by(|a, b| {
+            b.priority()
+                .cmp(&a.priority())
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        if let Some(w) = rules.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(invalid(
+                &w[0].name,
+                "metadata.name",
+                "two rules have this name",
+            ));
+        }
+        Ok(RuleSet { rules })
+    }
+
+    /// The rules in evaluation order.
+    pub fn rules(&self) -> &[CompiledRule] {
+        &self.rules
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether any rule reads labels or annotations (see [`needs_pod_metadata`]). When false,
+    /// CNI_ARGS are enough and the plugin never needs the pod mirror.
+    pub fn needs_pod_metadata(&self) -> bool {
+        self.rules.iter().any(CompiledRule::needs_pod_metadata)
+    }
+
+    /// Evaluates the rules in order; the first whose `match` is true decides, and only its
+    /// actions are evaluated. The whole evaluation runs under `budget`.
+    ///
+    /// Metadata is needed lazily: when `ctx.pod.metadata` is `None`, rules that do not read
+    /// labels or annotations still evaluate, and the first expression that does fails with
+    /// [`RuleError::MetadataUnavailable`] — the caller may wait for the pod mirror and retry.
+    ///
+    /// # Errors
+    /// [`RuleError::Eval`], [`RuleError::Budget`], [`RuleError::BadResult`] or
+    /// [`RuleError::MetadataUnavailable`], naming the rule and field. No partial decision.
+    pub fn evaluate(&self, ctx: &Context, budget: &Budget) -> Result<Decision, RuleError> {
+        if self.rules.is_empty() {
+            return Ok(Decision {
+                reason: "no rules configured".to_owned(),
+                ..Decision::default()
+            });
+        }
+        let meter = Metered::start(budget);
+        let cel = ctx.to_cel();
+        let has_metadata = ctx.pod.metadata.is_some();
+        let needs = |rule: &CompiledRule, e: &CompiledExpr, field: &str| {
+            if e.needs_metadata && !has_metadata {
+                Err(RuleError::MetadataUnavailable {
+                    rule: rule.name.clone(),
+                    field: field.to_owned(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        for (i, rule) in self.rules.iter().enumerate() {
+            let name = rule.name.as_str();
+            needs(rule, &rule.matcher, "spec.match")?;
+            if !rule.matcher.eval_bool(&cel, &meter, name, "spec.match")? {
+                continue;
+            }
+            let mut decision = Decision {
+                rule: Some(rule.name.clone()),
+                subnets: rule.subnets.clone(),
+                deny: rule.deny.clone(),
+                reason: format!(
+                    "rule {name:?} (priority {}) matched; {} of {} rules evaluated",
+                    rule.priority(),
+                    i + 1,
+                    self.rules.len()
+                ),
+                ..Decision::default()
+            };
+            if let Some(e) = &rule.ip {
+                needs(rule, e, "spec.ip")?;
+                let s = e.eval_string(&cel, &meter, name, "spec.ip")?;
+                decision.ip = check_ip(name, &s)?;
+            }
+            if let Some(e) = &rule.mac {
+                needs(rule, e, "spec.mac")?;
+                let s = e.eval_string(&cel, &meter, name, "spec.mac")?;
+                decision.mac = check_mac(name, &s)?;
+            }
+            if let Some((e, hold)) = &rule.sticky {
+                needs(rule, e, "spec.sticky.key")?;
+                let key = e.eval_string(&cel, &meter, name, "spec.sticky.key")?;
+                check_sticky_key(name, &key)?;
+                decision.sticky = Some(Sticky { key, hold: *hold });
+            }
+            return Ok(decision);
+        }
+        Ok(Decision {
+            reason: format!("no rule matched; {} rules evaluated", self.rules.len()),
+            ..Decision::default()
+        })
+    }
+}
+
+fn bad(rule: &str, field: &str, value: &str, reason: &str) -> RuleError {
+    RuleError::BadResult {
+        rule: rule.to_owned(),
+        field: field.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// `""` is no address; anything else must be a unicast address usable on an interface.
+fn check_ip(rule: &str, s: &str) -> Result<Option<IpAddr>, RuleError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let ip = parse_ip(s).map_err(|e| bad(rule, "spec.ip", s, &format!("is not usable: {e}")))?;
+    let reason = if ip.is_unspecified() {
+        Some("is the unspecified address")
+    } else if ip.is_loopback() {
+        Some("is a loopback address")
+    } else if ip.is_multicast() {
+        Some("is a multicast address")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("is the broadcast address")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(bad(rule, "spec.ip", s, reason)),
+        None => Ok(Some(ip)),
+    }
+}
+
+/// `""` is no address; anything else must be a unicast MAC.
+fn check_mac(rule: &str, s: &str) -> Result<Option<MacAddr>, RuleError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let mac: MacAddr = s.parse().map_err(|e: crate::addr::MacParseError| {
+        bad(rule, "spec.mac", s, &format!("is not a MAC address: {e}"))
+    })?;
+    if mac.is_multicast() {
+        return Err(bad(rule, "spec.mac", s, "is a multicast (group) address"));
+    }
+    if mac.is_zero() {
+        return Err(bad(rule, "spec.mac", s, "is the all-zero address"));
+    }
+    Ok(Some(mac))
+}
+
+fn check_sticky_key(rule: &str, key: &str) -> Result<(), RuleError> {
+    let field = "spec.sticky.key";
+    if key.is_empty() {
+        return Err(bad(rule, field, key, "is empty"));
+    }
+    if key.len() > MAX_STICKY_KEY {
+        return Err(bad(
+            rule,
+            field,
+            key,
+            &format!("is longer than {MAX_STICKY_KEY} bytes"),
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(bad(rule, field, key, "contains control characters"));
+    }
+    Ok(())
+}
+
+/// A compiled `VlanSubnet.spec.selector`: which pods may be allocated from the subnet at all,
+/// static requests included.
+#[derive(Clone, Debug)]
+pub struct Selector {
+    subnet: String,
+    expr: CompiledExpr,
+    hash: OnceLock<String>,
+}
+
+impl Selector {
+    pub fn subnet(&self) -> &str {
+        &self.subnet
+    }
+
+    pub fn source(&self) -> &str {
+        &self.expr.source
+    }
+
+    /// Lowercase hex SHA-256 of the source.
+    pub fn hash(&self) -> &str {
+        self.hash.get_or_init(|| {
+            use sha2::{Digest, Sha256};
+            hex(&Sha256::digest(self.expr.source.as_bytes()))
+        })
+    }
+
+    /// Whether the selector reads labels or annotations.
+    pub fn needs_pod_metadata(&self) -> bool {
+        self.expr.needs_metadata
+    }
+}
+
+/// Compiles the selector `source` of subnet `subnet` (a CEL bool over `pod` and `attachment`).
+///
+/// # Errors
+/// [`RuleError::Invalid`] with field `spec.selector`, as for a rule's `match`.
+pub fn compile_selector(subnet: &str, source: &str) -> Result<Selector, RuleError> {
+    Ok(Selector {
+        subnet: subnet.to_owned(),
+        expr: CompiledExpr::compile(subnet, "spec.selector", source, Want::Bool)?,
+        hash: OnceLock::new(),
+    })
+}
+
+/// Whether `selector` lets the attachment described by `ctx` use its subnet.
+///
+/// # Errors
+/// [`RuleError::Eval`], [`RuleError::Budget`], [`RuleError::BadResult`] or
+/// [`RuleError::MetadataUnavailable`] with the subnet's name as `rule`. Callers should treat an
+/// error as "not allowed" for the attachment (fail closed).
+pub fn selector_allows(
+    selector: &Selector,
+    ctx: &Context,
+    budget: &Budget,
+) -> Result<bool, RuleError> {
+    let field = "spec.selector";
+    if selector.expr.needs_metadata && ctx.pod.metadata.is_none() {
+        return Err(RuleError::MetadataUnavailable {
+            rule: selector.subnet.clone(),
+            field: field.to_owned(),
+        });
+    }
+    let meter = Metered::start(budget);
+    selector
+        .expr
+        .eval_bool(&ctx.to_cel(), &meter, &selector.subnet, field)
+}
