@@ -54,6 +54,7 @@ fn owner(tag: &str, i: usize) -> Owner {
         container_id: format!("{tag}-c-{i}"),
         ifname: "net1".into(),
         node: format!("node-{}", i % 8),
+        network: String::new(),
     }
 }
 

@@ -17,6 +17,7 @@ fn owner(uid: &str, pod: &str, container: &str) -> Owner {
         container_id: container.into(),
         ifname: "net1".into(),
         node: "node-a".into(),
+        network: String::new(),
     }
 }
 

@@ -579,6 +579,11 @@ pub struct Owner {
     pub container_id: String,
     pub ifname: String,
     pub node: String,
+    /// The CNI network (the netconf's `name`) the attachment belongs to, so that one network's
+    /// GC never touches another network's attachments in a shared subnet. Empty in records
+    /// written without one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network: String,
 }
 
 impl Owner {
@@ -903,6 +908,7 @@ mod tests {
             container_id: "c1".into(),
             ifname: "net1".into(),
             node: "node-a".into(),
+            network: String::new(),
         };
         assert!(o.validate().is_ok());
         o.ifname = "net/1".into();
@@ -934,6 +940,7 @@ mod tests {
                 container_id: "c1".into(),
                 ifname: "net1".into(),
                 node: "node-a".into(),
+                network: String::new(),
             },
             state: State::Pending,
             since: "2026-11-23T17:00:00Z".into(),

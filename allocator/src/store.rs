@@ -654,11 +654,24 @@ impl Allocator {
             lease: Some(format!("{lease:x}")),
         };
         let keys = self.record_keys(&record);
-        let absent: Vec<Compare> = keys
+        let subnet_key = self.keys.subnet(&subnet.name);
+        let mut absent: Vec<Compare> = keys
             .iter()
             .map(|k| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
             .collect();
-        let on_conflict: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.clone(), None)).collect();
+        // The subnet must still be configured: the operator deletes its key only once no
+        // reservation uses it, and a claim racing that deletion must not slip in after it.
+        absent.push(Compare::create_revision(
+            subnet_key.clone(),
+            CompareOp::Greater,
+            0,
+        ));
+        let mut on_conflict: Vec<TxnOp> =
+            keys.iter().map(|k| TxnOp::get(k.clone(), None)).collect();
+        on_conflict.push(TxnOp::get(
+            subnet_key.clone(),
+            Some(GetOptions::new().with_keys_only()),
+        ));
         let txn = Txn::new()
             .when(absent)
             .and_then(self.put_record_ops(&record, Some(lease)))
@@ -684,6 +697,9 @@ impl Allocator {
         // our own earlier reservation. Static addresses name their holder; automatic ones retry.
         let conflict = resp.op_responses();
         let held = |i: usize| kvs_of(&conflict[i]).first().cloned();
+        if held(keys.len()).is_none() {
+            return Err(Error::SubnetNotFound(subnet.name.clone(), subnet_key));
+        }
         if let Some(kv) = held(1) {
             return self
                 .existing_attachment(subnet, owner, ip_req, mac_req, &kv)

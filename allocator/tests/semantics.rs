@@ -470,3 +470,58 @@ async fn missing_config_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn no_claim_in_a_subnet_whose_config_was_deleted() {
+    let f = fixture(Options::default()).await;
+    let lan = put_subnet(
+        &f.alloc,
+        "lan",
+        subnet_config("10.230.0.0/24", "10.230.0.1", vec![]),
+    )
+    .await;
+    // The operator deletes the config once no reservation uses it; a plugin that read the subnet
+    // just before must not create a reservation after the deletion.
+    f.etcd
+        .etcdctl(&["del", &f.alloc.keys().subnet("lan")])
+        .unwrap();
+    let rev = f.etcd.revision().await.unwrap();
+    let err = f
+        .alloc
+        .reserve(&lan, &owner(1), IpRequest::Auto, &MacRequest::None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SubnetNotFound(..)), "{err}");
+    assert_eq!(f.etcd.revision().await.unwrap(), rev, "a claim was written");
+}
+
+#[tokio::test]
+async fn records_name_the_network() {
+    let f = fixture(Options::default()).await;
+    let lan = put_subnet(
+        &f.alloc,
+        "lan",
+        subnet_config("10.230.0.0/24", "10.230.0.1", vec![]),
+    )
+    .await;
+    let mut o = owner(1);
+    o.network = "lan-a".into();
+    let r = f
+        .alloc
+        .reserve(&lan, &o, IpRequest::Auto, &MacRequest::None)
+        .await
+        .unwrap();
+    let key = f.alloc.keys().ip("lan", r.record.ip);
+    assert!(f
+        .etcd
+        .etcdctl(&["get", &key])
+        .unwrap()
+        .contains(r#""network":"lan-a""#));
+    assert_eq!(
+        f.alloc.by_node(&o.node).await.unwrap()[0]
+            .record
+            .owner
+            .network,
+        "lan-a"
+    );
+}

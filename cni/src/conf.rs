@@ -303,7 +303,7 @@ impl RuntimeEnv {
     ///
     /// # Errors
     /// [`Error::Env`] naming the `CNI_ARGS` key whose value cannot be stored.
-    pub fn owner(&self, node: &str) -> Result<Owner, Error> {
+    pub fn owner(&self, node: &str, network: &str) -> Result<Owner, Error> {
         let owner = Owner {
             pod_uid: self
                 .args
@@ -323,6 +323,7 @@ impl RuntimeEnv {
             container_id: self.container_id.clone(),
             ifname: self.ifname.clone(),
             node: node.to_string(),
+            network: network.to_string(),
         };
         owner.validate().map_err(|e| match e {
             static_macvlan_allocator::Error::Invalid {
@@ -1136,7 +1137,7 @@ mod tests {
         let e = env(&full);
         assert_eq!(Command::from_env(&e).unwrap(), Command::Add);
         let r = RuntimeEnv::from_env(Command::Add, &e).unwrap();
-        let o = r.owner("node-a").unwrap();
+        let o = r.owner("node-a", "lan").unwrap();
         assert_eq!(
             (o.pod_uid.as_str(), o.namespace.as_str(), o.pod.as_str()),
             ("u-1", "ns1", "web-0")
@@ -1158,7 +1159,7 @@ mod tests {
         assert!(RuntimeEnv::from_env(Command::Del, &without("CNI_NETNS")).is_ok());
         // Fallback identity without Kubernetes.
         let r = RuntimeEnv::from_env(Command::Add, &without("CNI_ARGS")).unwrap();
-        let o = r.owner("node-a").unwrap();
+        let o = r.owner("node-a", "lan").unwrap();
         assert_eq!(o.pod_uid, "cid-abc123");
         assert_eq!(o.namespace, NO_NAMESPACE);
         assert_eq!(o.pod, "abc123");

@@ -243,6 +243,7 @@ mod tests {
             container_id: "c1".into(),
             ifname: "net1".into(),
             node: "node-a".into(),
+            network: String::new(),
         })
     }
 

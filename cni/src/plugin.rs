@@ -414,7 +414,7 @@ fn mark_vlan_ours(settings: &Settings, name: &str) {
 
 async fn add(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<Value, Error> {
     // Everything that can be checked without changing anything, first.
-    let owner = rt.owner(&conf.node)?;
+    let owner = rt.owner(&conf.node, &conf.name)?;
     let netns_path = rt.netns.as_deref().expect("ADD requires CNI_NETNS");
     let pod_ns = open_netns(netns_path)?;
     let prev = conf
@@ -566,7 +566,7 @@ async fn attach(
 }
 
 async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(), Error> {
-    let owner = rt.owner(&conf.node)?;
+    let owner = rt.owner(&conf.node, &conf.name)?;
     // The link first: its address must be gone from the LAN before it can be handed out again.
     // A link that cannot be deleted fails DEL with nothing released, and the runtime retries.
     // Deleting a link blocks the calling thread in the kernel for ~20 ms, so it runs on a thread
@@ -726,7 +726,7 @@ async fn check(conf: &NetConf, rt: &RuntimeEnv) -> Result<(), Error> {
         .as_ref()
         .ok_or_else(|| Error::config("prevResult", "null", "is required for CHECK"))?;
     let prev = CniResult::from_json(prev)?;
-    let owner = rt.owner(&conf.node)?;
+    let owner = rt.owner(&conf.node, &conf.name)?;
     let netns_path = rt.netns.as_deref().expect("CHECK requires CNI_NETNS");
     let pod_ns = match Netns::open(netns_path) {
         Ok(ns) => ns,
@@ -877,7 +877,14 @@ async fn gc(conf: &NetConf, settings: &Settings) -> Result<(), Error> {
     for res in held {
         let o: &Owner = &res.record.owner;
         // Pending reservations belong to ADDs in flight; their leases clean up after dead ones.
-        if res.record.subnet != conf.subnet
+        // Only this network's attachments; records without a network name (written before it
+        // was recorded) fall back to the subnet.
+        let other_network = if o.network.is_empty() {
+            res.record.subnet != conf.subnet
+        } else {
+            o.network != conf.name
+        };
+        if other_network
             || res.record.state != State::Committed
             || keep.contains(&(o.container_id.as_str(), o.ifname.as_str()))
         {

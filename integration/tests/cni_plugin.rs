@@ -297,7 +297,13 @@ fn gc_releases_what_the_runtime_no_longer_knows() {
     c.cni(1, "ADD", &conf, &elsewhere, "net1").ok();
     c.cni(0, "ADD", &c.netconf("other", "1.1.0"), &other_net, "net1")
         .ok();
-    assert_eq!(c.reservations().len(), 5);
+    // A second network on the same subnet (two NADs naming one VlanSubnet): GC of the first
+    // must leave its attachments alone.
+    let mut sibling = c.netconf("lan", "1.1.0");
+    sibling["name"] = json!("net-lan-sibling");
+    let sibling_pod = Pod::new("sibling");
+    c.cni(0, "ADD", &sibling, &sibling_pod, "net2").ok();
+    assert_eq!(c.reservations().len(), 6);
 
     // GC needs the list.
     assert_eq!(c.cni_nopod(0, "GC", &conf).code(), 7);
@@ -317,7 +323,7 @@ fn gc_releases_what_the_runtime_no_longer_knows() {
     left_sorted.sort();
     assert_eq!(
         left_sorted,
-        ["elsewhere", "keep", "othernet"],
+        ["elsewhere", "keep", "othernet", "sibling"],
         "{}",
         c.dump()
     );
@@ -326,7 +332,7 @@ fn gc_releases_what_the_runtime_no_longer_knows() {
     let mut gc2 = conf.clone();
     gc2["cni.dev/attachments"] = json!([{"containerID": keep.container_id, "ifname": "net1"}]);
     c.cni_nopod(0, "GC", &gc2).ok();
-    assert_eq!(c.reservations().len(), 3);
+    assert_eq!(c.reservations().len(), 4);
 }
 
 #[test]

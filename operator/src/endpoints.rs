@@ -331,6 +331,7 @@ mod tests {
                     container_id: "c".into(),
                     ifname: ifname.into(),
                     node: "node-a".into(),
+                    network: String::new(),
                 },
                 state,
                 since: "2026-01-01T00:00:00Z".into(),

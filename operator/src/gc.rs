@@ -312,6 +312,7 @@ mod tests {
                     container_id: format!("c-{uid}"),
                     ifname: "net1".into(),
                     node: "node-a".into(),
+                    network: String::new(),
                 },
                 state,
                 since: "2026-01-01T00:00:00Z".into(),

@@ -26,6 +26,7 @@ fn owner(uid: &str, ifname: &str) -> Owner {
         container_id: format!("c0ffee{uid}"),
         ifname: ifname.into(),
         node: "node-a".into(),
+        network: String::new(),
     }
 }
 

@@ -22,6 +22,7 @@ fn owner(uid: &str, pod: &str) -> Owner {
         container_id: format!("c0ffee{uid}"),
         ifname: "net1".into(),
         node: "node-a".into(),
+        network: String::new(),
     }
 }
 

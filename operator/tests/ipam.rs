@@ -43,6 +43,7 @@ fn owner(uid: &str, pod: &str, ifname: &str) -> Owner {
         container_id: format!("c0ffee{uid}0123456789abcdef"),
         ifname: ifname.into(),
         node: "node-a".into(),
+        network: String::new(),
     }
 }
 

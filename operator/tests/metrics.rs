@@ -64,6 +64,7 @@ fn owner(uid: &str) -> Owner {
         container_id: format!("c0ffee{uid}"),
         ifname: "net1".into(),
         node: "node-a".into(),
+        network: String::new(),
     }
 }
 

@@ -89,6 +89,7 @@ pub fn owner(i: usize) -> Owner {
         container_id: format!("c{i:04}"),
         ifname: "net1".into(),
         node: format!("node-{}", i % 2),
+        network: String::new(),
     }
 }
 
