@@ -59,6 +59,11 @@ pub enum Error {
         requested: String,
     },
 
+    /// The sticky key's address is still held by another pod UID (its DEL has not come yet).
+    /// Retryable: the runtime retries the ADD.
+    #[error("sticky key {key:?} is still held by {holder}; retry once it is released")]
+    StickyInUse { key: String, holder: Box<Owner> },
+
     /// No subnet of that name is configured in etcd.
     #[error("subnet {0:?} is not configured (no key {1})")]
     SubnetNotFound(String, String),
@@ -111,7 +116,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable { .. } | Error::RetriesExhausted { .. }
+            Error::Unavailable { .. } | Error::RetriesExhausted { .. } | Error::StickyInUse { .. }
         )
     }
 

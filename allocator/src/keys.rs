@@ -12,6 +12,7 @@
 //! <prefix>/macs/<mac>                          MAC reservation (lowercase, colons)
 //! <prefix>/owners/<podUid>/<ifname>            index: what one attachment holds
 //! <prefix>/nodes/<node>/<podUid>/<ifname>      index: attachments of one node (for GC)
+//! <prefix>/sticky/<subnet>/<key>               reservation following a sticky key (key escaped)
 //! ```
 
 use std::net::IpAddr;
@@ -54,8 +55,42 @@ pub enum Key {
     Rule(String),
     /// `<prefix>/pods/<namespace>/<pod>`
     Pod { namespace: String, name: String },
+    /// `<prefix>/sticky/<subnet>/<escaped key>`
+    Sticky { subnet: String, key: String },
     /// `<prefix>/schema`
     Schema,
+}
+
+/// Escapes a free-form key (a sticky key such as `default/web-0`) into one key segment:
+/// every byte outside `[A-Za-z0-9._-]` becomes `%XX`.
+pub fn escape_segment(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`escape_segment`]; `None` for a malformed escape.
+pub fn unescape_segment(escaped: &str) -> Option<String> {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = escaped.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Checks that `value` can be one segment of a key: non-empty, no `/`, no whitespace or control
@@ -178,6 +213,11 @@ impl Keys {
         format!("{}/owners/", self.prefix)
     }
 
+    /// The reservation that follows sticky key `key` in `subnet`.
+    pub fn sticky(&self, subnet: &str, key: &str) -> String {
+        format!("{}/sticky/{subnet}/{}", self.prefix, escape_segment(key))
+    }
+
     pub fn node(&self, node: &str, pod_uid: &str, ifname: &str) -> String {
         format!("{}/nodes/{node}/{pod_uid}/{ifname}", self.prefix)
     }
@@ -218,6 +258,10 @@ impl Keys {
             ["owners", uid, ifname] => Key::Owner {
                 pod_uid: uid.to_string(),
                 ifname: ifname.to_string(),
+            },
+            ["sticky", subnet, key] => Key::Sticky {
+                subnet: subnet.to_string(),
+                key: unescape_segment(key).ok_or_else(|| corrupt("bad sticky key escape"))?,
             },
             ["nodes", node, uid, ifname] => Key::Node {
                 node: node.to_string(),
@@ -310,6 +354,17 @@ mod tests {
         for (key, want) in cases {
             assert_eq!(k.parse(&key).unwrap(), want, "{key}");
         }
+        assert_eq!(
+            k.parse(&k.sticky("lan", "default/web-0")).unwrap(),
+            Key::Sticky {
+                subnet: "lan".into(),
+                key: "default/web-0".into()
+            }
+        );
+        assert_eq!(
+            k.sticky("lan", "default/web 0"),
+            "/static-macvlan/sticky/lan/default%2Fweb%200"
+        );
         assert_eq!(k.ip("lan", ip), "/static-macvlan/ips/lan/10.230.0.33");
         assert_eq!(k.mac(mac), "/static-macvlan/macs/02:00:0a:e6:00:21");
     }

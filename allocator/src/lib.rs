@@ -26,6 +26,6 @@ pub use etcd::EtcdConfig;
 pub use keys::{Key, Keys, DEFAULT_PREFIX, SCHEMA_VERSION};
 pub use model::{
     DnsConfig, IpRequest, MacPool, MacPoolConfig, MacRequest, MacvlanMode, Mirrored, Owner,
-    RangeConfig, Record, Reservation, Route, RouteConfig, State, Subnet, SubnetConfig,
+    RangeConfig, Record, Reservation, Route, RouteConfig, State, StickyRef, Subnet, SubnetConfig,
 };
-pub use store::{Allocator, Options, Released, Usage};
+pub use store::{Allocator, Options, Released, StickyHold, Usage};

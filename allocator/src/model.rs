@@ -635,6 +635,18 @@ fn short_id(id: &str) -> &str {
 pub enum State {
     Pending,
     Committed,
+    /// Released by its pod but kept for a sticky key until the hold lease expires.
+    Held,
+}
+
+/// A reservation that follows a sticky key (e.g. `namespace/name`) rather than one pod UID: after
+/// its pod goes, the address is held for the key for `holdSeconds`, and a new pod with the same
+/// key gets it back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StickyRef {
+    pub key: String,
+    pub hold_seconds: u64,
 }
 
 /// The JSON record stored, identically, under the IP key, the MAC key, the owner key and the node
@@ -652,9 +664,12 @@ pub struct Record {
     pub state: State,
     /// RFC 3339 time the reservation was created.
     pub since: String,
-    /// The pending lease (hex, as `etcdctl lease list` prints it); absent once committed.
+    /// The pending (or hold) lease, hex as `etcdctl lease list` prints it; absent once committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    /// Set when the reservation follows a sticky key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyRef>,
 }
 
 /// A reservation as read back: the record and the etcd revision all its keys were last written at.
@@ -683,6 +698,25 @@ pub enum MacRequest {
     Auto(MacPool),
     /// Exactly this address (unicast), reserved cluster-wide.
     Static(MacAddr),
+}
+
+/// The pod mirror the operator writes at `<prefix>/pods/<namespace>/<name>` (the same JSON as the
+/// operator's `PodRecord`; unknown fields are ignored, so either side may add some).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRecord {
+    pub uid: String,
+    /// The node the pod is scheduled to; absent until it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `static-ip`, `static-mac`, `vlan` and the Multus networks annotation, when present.
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// The selections of the networks annotation that name our networks (opaque here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<serde_json::Value>,
 }
 
 #[cfg(test)]
@@ -945,6 +979,7 @@ mod tests {
             state: State::Pending,
             since: "2026-11-23T17:00:00Z".into(),
             lease: Some("694d8a0c1f2e3b44".into()),
+            sticky: None,
         };
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""ip":"10.230.0.33""#), "{json}");

@@ -27,7 +27,7 @@ use crate::etcd::EtcdConfig;
 use crate::keys::{Keys, SCHEMA_VERSION};
 use crate::model::{
     IpRequest, MacPool, MacPoolConfig, MacRequest, Mirrored, Owner, Record, Reservation, State,
-    Subnet, SubnetConfig,
+    StickyRef, Subnet, SubnetConfig,
 };
 use crate::window::{hint_opts, Addr, Blocks, Space};
 
@@ -68,6 +68,20 @@ pub enum Released {
     NotHeld,
     /// The attachment is held by another container of the same pod UID: nothing was freed.
     Stale(Record),
+}
+
+/// A sticky key and how long its address is held after its pod goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StickyHold {
+    pub key: String,
+    pub hold: Duration,
+}
+
+/// What [`Allocator::take_held`] found.
+enum Taken {
+    Done(Box<Reservation>),
+    NotHeld,
+    Raced,
 }
 
 /// Reservation counts of one subnet.
@@ -407,16 +421,20 @@ impl Allocator {
         Ok(resp.id())
     }
 
-    /// The four keys of a record, in a fixed order: IP, owner, node, MAC (if any).
+    /// The keys of a record, in a fixed order: IP, owner, node, MAC (if any), sticky (if any).
+    /// A held record has no owner and node keys: no pod owns it.
     fn record_keys(&self, r: &Record) -> Vec<String> {
         let o = &r.owner;
-        let mut keys = vec![
-            self.keys.ip(&r.subnet, r.ip),
-            self.keys.owner(&o.pod_uid, &o.ifname),
-            self.keys.node(&o.node, &o.pod_uid, &o.ifname),
-        ];
+        let mut keys = vec![self.keys.ip(&r.subnet, r.ip)];
+        if r.state != State::Held {
+            keys.push(self.keys.owner(&o.pod_uid, &o.ifname));
+            keys.push(self.keys.node(&o.node, &o.pod_uid, &o.ifname));
+        }
         if let Some(mac) = r.mac {
             keys.push(self.keys.mac(mac));
+        }
+        if let Some(s) = &r.sticky {
+            keys.push(self.keys.sticky(&r.subnet, &s.key));
         }
         keys
     }
@@ -458,7 +476,32 @@ impl Allocator {
         ip: IpRequest,
         mac: &MacRequest,
     ) -> Result<Reservation, Error> {
+        self.reserve_sticky(subnet, owner, ip, mac, None).await
+    }
+
+    /// As [`Allocator::reserve`], for a reservation that follows a sticky key: if the key's
+    /// address is held (its previous pod is gone and the hold has not expired), `owner` takes it
+    /// over, IP and MAC unchanged; otherwise a new reservation is made and bound to the key.
+    /// When its pod releases it, it is held for `hold` instead of freed.
+    ///
+    /// # Errors
+    /// As [`Allocator::reserve`]; [`Error::StickyInUse`] (retryable) while another pod UID still
+    /// holds the key's address; [`Error::AttachmentConflict`] when a static request differs from
+    /// the held address.
+    pub async fn reserve_sticky(
+        &self,
+        subnet: &Subnet,
+        owner: &Owner,
+        ip: IpRequest,
+        mac: &MacRequest,
+        sticky: Option<&StickyHold>,
+    ) -> Result<Reservation, Error> {
         owner.validate()?;
+        if let Some(s) = sticky {
+            if s.key.is_empty() || s.key.len() > 512 {
+                return Err(invalid("sticky.key", &s.key, "must be 1 to 512 bytes"));
+            }
+        }
         if let IpRequest::Static(addr) = ip {
             subnet.check_static(addr)?;
         }
@@ -476,7 +519,18 @@ impl Allocator {
             .without_max_times()
             .build();
         for _ in 0..self.opts.max_attempts {
-            match self.try_reserve(subnet, owner, ip, mac).await? {
+            if let Some(s) = sticky {
+                match self.take_held(subnet, owner, ip, mac, s).await? {
+                    Taken::Done(res) => return Ok(*res),
+                    Taken::Raced => {
+                        tokio::time::sleep(delays.next().unwrap_or(Duration::from_millis(100)))
+                            .await;
+                        continue;
+                    }
+                    Taken::NotHeld => {}
+                }
+            }
+            match self.try_reserve(subnet, owner, ip, mac, sticky).await? {
                 Some(res) => return Ok(res),
                 None => {
                     let d = delays.next().unwrap_or(Duration::from_millis(100));
@@ -490,6 +544,84 @@ impl Allocator {
         })
     }
 
+    /// Takes over the address held for `sticky` in `subnet`, if there is one.
+    async fn take_held(
+        &self,
+        subnet: &Subnet,
+        owner: &Owner,
+        ip_req: IpRequest,
+        mac_req: &MacRequest,
+        sticky: &StickyHold,
+    ) -> Result<Taken, Error> {
+        let key = self.keys.sticky(&subnet.name, &sticky.key);
+        let read_op = format!("read sticky key {}", sticky.key);
+        let (lease, kvs) = tokio::join!(self.pending_lease(), self.get(&read_op, key, None));
+        let Some(kv) = kvs?.into_iter().next() else {
+            return Ok(Taken::NotHeld);
+        };
+        let held = Reservation {
+            record: decode(&kv)?,
+            revision: kv.mod_revision(),
+        };
+        let rec = &held.record;
+        if rec.state != State::Held {
+            if rec.owner.pod_uid == owner.pod_uid {
+                // Bound to this very pod: the ordinary path finds it through the owner index.
+                return Ok(Taken::NotHeld);
+            }
+            return Err(Error::StickyInUse {
+                key: sticky.key.clone(),
+                holder: Box::new(rec.owner.clone()),
+            });
+        }
+        let mismatch = match (ip_req, mac_req) {
+            (IpRequest::Static(a), _) if a != rec.ip => Some(format!("ip {a}")),
+            (_, MacRequest::Static(m)) if Some(*m) != rec.mac => Some(format!("mac {m}")),
+            _ => None,
+        };
+        if let Some(requested) = mismatch {
+            return Err(Error::AttachmentConflict {
+                owner: Box::new(owner.clone()),
+                held: format!("ip {} held for sticky key {}", rec.ip, sticky.key),
+                requested,
+            });
+        }
+        let lease = lease?;
+        let mut record = rec.clone();
+        record.owner = owner.clone();
+        record.state = State::Pending;
+        record.since = rfc3339_now();
+        record.lease = Some(format!("{lease:x}"));
+        record.sticky = Some(StickyRef {
+            key: sticky.key.clone(),
+            hold_seconds: sticky.hold.as_secs(),
+        });
+        let mut compares = self.unchanged(&held);
+        let o = &owner;
+        for k in [
+            self.keys.owner(&o.pod_uid, &o.ifname),
+            self.keys.node(&o.node, &o.pod_uid, &o.ifname),
+        ] {
+            compares.push(Compare::create_revision(k, CompareOp::Equal, 0));
+        }
+        compares.push(Compare::create_revision(
+            self.keys.subnet(&subnet.name),
+            CompareOp::Greater,
+            0,
+        ));
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(self.put_record_ops(&record, Some(lease)));
+        let op = format!("take over ip {} held for sticky key {}", rec.ip, sticky.key);
+        let resp = self.txn(&op, txn).await?;
+        if !resp.succeeded() {
+            return Ok(Taken::Raced);
+        }
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        tracing::debug!(ip = %record.ip, key = %sticky.key, "took over held sticky reservation");
+        Ok(Taken::Done(Box::new(Reservation { record, revision })))
+    }
+
     /// One attempt: `Ok(None)` means a lost race worth retrying.
     async fn try_reserve(
         &self,
@@ -497,6 +629,7 @@ impl Allocator {
         owner: &Owner,
         ip_req: IpRequest,
         mac_req: &MacRequest,
+        sticky: Option<&StickyHold>,
     ) -> Result<Option<Reservation>, Error> {
         let owner_key = self.keys.owner(&owner.pod_uid, &owner.ifname);
         let ip_space = Space::Ip {
@@ -652,6 +785,10 @@ impl Allocator {
             state: State::Pending,
             since: rfc3339_now(),
             lease: Some(format!("{lease:x}")),
+            sticky: sticky.map(|s| StickyRef {
+                key: s.key.clone(),
+                hold_seconds: s.hold.as_secs(),
+            }),
         };
         let keys = self.record_keys(&record);
         let subnet_key = self.keys.subnet(&subnet.name);
@@ -770,7 +907,8 @@ impl Allocator {
         let mut record = existing.record.clone();
         record.owner = owner.clone();
         let lease = match record.state {
-            State::Pending => record
+            // Held records have no owner key, so they never reach this point.
+            State::Pending | State::Held => record
                 .lease
                 .as_deref()
                 .and_then(|l| i64::from_str_radix(l, 16).ok()),
@@ -880,6 +1018,11 @@ impl Allocator {
     /// # Errors
     /// [`Error::Unavailable`] (retryable).
     pub async fn release_exact(&self, res: &Reservation) -> Result<bool, Error> {
+        if let Some(s) = res.record.sticky.as_ref().filter(|s| s.hold_seconds > 0) {
+            if res.record.state != State::Held {
+                return self.hold(res, s.hold_seconds).await;
+            }
+        }
         let deletes: Vec<TxnOp> = self
             .record_keys(&res.record)
             .into_iter()
@@ -888,6 +1031,39 @@ impl Allocator {
         let txn = Txn::new().when(self.unchanged(res)).and_then(deletes);
         let op = format!("delete reservation of ip {}", res.record.ip);
         Ok(self.txn(&op, txn).await?.succeeded())
+    }
+
+    /// Turns a sticky reservation whose pod is gone into a held one: the IP, MAC and sticky keys
+    /// move to a lease of `hold_seconds` (expiry frees them), the owner and node keys go.
+    async fn hold(&self, res: &Reservation, hold_seconds: u64) -> Result<bool, Error> {
+        let op = format!("hold ip {} for its sticky key", res.record.ip);
+        let mut lc = self.client.lease_client();
+        let ttl = hold_seconds.clamp(1, i64::MAX as u64) as i64;
+        let lease = tokio::time::timeout(self.opts.request_timeout, lc.grant(ttl, None))
+            .await
+            .map_err(|_| Error::Unavailable {
+                op: op.clone(),
+                source: etcd_client::Error::IoError(std::io::ErrorKind::TimedOut.into()),
+            })?
+            .map_err(|e| Error::etcd(&op, e))?
+            .id();
+        let mut record = res.record.clone();
+        record.state = State::Held;
+        record.lease = Some(format!("{lease:x}"));
+        record.since = rfc3339_now();
+        let o = &res.record.owner;
+        let mut ops = self.put_record_ops(&record, Some(lease));
+        ops.push(TxnOp::delete(self.keys.owner(&o.pod_uid, &o.ifname), None));
+        ops.push(TxnOp::delete(
+            self.keys.node(&o.node, &o.pod_uid, &o.ifname),
+            None,
+        ));
+        let txn = Txn::new().when(self.unchanged(res)).and_then(ops);
+        let held = self.txn(&op, txn).await?.succeeded();
+        if held {
+            tracing::debug!(ip = %record.ip, hold_seconds, "held for sticky key");
+        }
+        Ok(held)
     }
 
     fn reservations(kvs: &[KeyValue]) -> Result<Vec<Reservation>, Error> {
@@ -1018,6 +1194,40 @@ impl Allocator {
             capacity,
             free: capacity.saturating_sub(used),
         })
+    }
+
+    /// The pod mirror of `namespace`/`name`, if the operator has written one.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Corrupt`] when the value does not decode.
+    pub async fn pod_record(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<crate::model::PodRecord>, Error> {
+        let kvs = self
+            .get(
+                &format!("read pod mirror {namespace}/{name}"),
+                self.keys.pod(namespace, name),
+                None,
+            )
+            .await?;
+        kvs.first().map(decode).transpose()
+    }
+
+    /// Every AllocationRule as mirrored under `<prefix>/config/rules/`, in key order.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Corrupt`] naming the key of a value that does not decode.
+    pub async fn rules(&self) -> Result<Vec<Mirrored<crate::rules::AllocationRuleSpec>>, Error> {
+        let kvs = self
+            .get(
+                "read allocation rules",
+                self.keys.rules(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        kvs.iter().map(decode).collect()
     }
 }
 
