@@ -668,7 +668,9 @@ async fn macpool(mp: &MacPool, ctx: &Ctx) -> Result<Action, Error> {
     Ok(Action::requeue(ctx.resync))
 }
 
-/// Reconciles one AllocationRule (mirrored as written; its CEL is compiled by its readers).
+/// Reconciles one AllocationRule: compiled by the rule engine (every CEL expression type-checked);
+/// mirrored with its content hash only when it compiles, else `Invalid` with the CEL error and
+/// its position while etcd keeps the last good version.
 ///
 /// # Errors
 /// etcd or API failures.
@@ -692,10 +694,10 @@ async fn rule(ar: &AllocationRule, ctx: &Ctx) -> Result<Action, Error> {
         .etcd("get_config", mirror::read_one(&ctx.alloc, &key))
         .await?;
     let generation = ar.metadata.generation;
-    let verdict = validate::validate_rule(&ar.spec);
-    let conds = match &verdict {
-        Ok(()) => {
-            let m = crd::mirror_rule(&name, &ar.metadata, &ar.spec);
+    let verdict = validate::validate_rule(&name, &ar.spec);
+    let conds = match verdict {
+        Ok(compiled) => {
+            let m = crd::mirror_rule(&name, &ar.metadata, &compiled);
             if !stored.as_ref().is_some_and(|s| s.raw == to_value(&m)) {
                 ctx.metrics
                     .etcd("put_config", mirror::put_rule(&ctx.alloc, &m))
@@ -710,7 +712,7 @@ async fn rule(ar: &AllocationRule, ctx: &Ctx) -> Result<Action, Error> {
                 .as_ref()
                 .and_then(|s| s.decoded.as_ref().ok())
                 .map(|m| m.generation);
-            verdict_conditions("AllocationRule", &key, generation, &verdict, kept)
+            verdict_conditions("AllocationRule", &key, generation, &Err(e), kept)
         }
     };
     let old = ar.status.clone().unwrap_or_default();

@@ -12,6 +12,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use static_macvlan_allocator::rules;
 use static_macvlan_allocator::{
     DnsConfig, MacPoolConfig, MacvlanMode, Mirrored, RangeConfig, RouteConfig, SubnetConfig,
 };
@@ -275,8 +276,8 @@ pub struct Sticky {
     /// CEL expression giving the identity the address sticks to; default namespace/name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// How long the address stays held for the identity after its pod is gone.
-    #[schemars(range(min = 1))]
+    /// How long the address stays held for the identity after its pod is gone (at most 30 days).
+    #[schemars(range(min = 1, max = 2592000))]
     pub hold_seconds: u32,
 }
 
@@ -307,7 +308,7 @@ pub struct Deny {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!(has(self.subnet) && has(self.subnets) && size(self.subnets) > 0)").message("subnet and subnets are mutually exclusive"))]
-#[x_kube(validation = Rule::new("!has(self.deny) || !(has(self.subnet) || has(self.ip) || has(self.mac) || (has(self.subnets) && size(self.subnets) > 0))").message("deny cannot be combined with subnet, subnets, ip or mac"))]
+#[x_kube(validation = Rule::new("!has(self.deny) || !(has(self.subnet) || has(self.ip) || has(self.mac) || has(self.sticky) || (has(self.subnets) && size(self.subnets) > 0))").message("deny cannot be combined with subnet, subnets, ip, mac or sticky"))]
 #[serde(rename_all = "camelCase")]
 pub struct AllocationRuleSpec {
     /// Rules with a higher priority are evaluated first.
@@ -326,10 +327,11 @@ pub struct AllocationRuleSpec {
     /// Subnets to try in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subnets: Vec<String>,
-    /// A fixed IP address, or a CEL expression computing one.
+    /// CEL string expression giving the IP address, e.g. "'10.230.0.5'" (a quoted literal) or
+    /// one computed from the pod; "" means none (allocate automatically).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
-    /// A fixed MAC address, or a CEL expression computing one.
+    /// CEL string expression giving the MAC address, e.g. "'02:00:0a:e6:00:05'"; "" means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
     /// Keep the address for the pod's identity across re-creation.
@@ -493,17 +495,61 @@ pub fn mirror_macpool(
     }
 }
 
-/// An AllocationRule as mirrored into etcd: the spec as JSON, compiled later by its readers.
+impl AllocationRuleSpec {
+    /// The spec as the rule engine reads it. The JSON shapes are the same (a test keeps them so),
+    /// so the conversion is a JSON round trip; the engine's type drops an empty `subnets`, as
+    /// this one does when serializing.
+    ///
+    /// # Errors
+    /// The decoder's message, should the shapes ever drift apart.
+    pub fn to_engine(&self) -> Result<rules::AllocationRuleSpec, String> {
+        let v = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+}
+
+/// An AllocationRule as mirrored into etcd at `<prefix>/config/rules/<name>`: the allocator's
+/// `Mirrored<rules::AllocationRuleSpec>` (name, uid, generation, spec) plus, at the top level,
+/// `hash`, the engine's [`content_hash`](rules::content_hash) of `spec`, so a long-lived reader
+/// can keep compiled rules keyed by (name, hash). Readers decoding `Mirrored<AllocationRuleSpec>`
+/// ignore `hash` (unknown fields are ignored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirroredRule {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    pub spec: rules::AllocationRuleSpec,
+    pub hash: String,
+}
+
+impl MirroredRule {
+    /// The allocator's view of the same value (what `RuleSet::from_mirrored` takes).
+    pub fn to_mirrored(&self) -> Mirrored<rules::AllocationRuleSpec> {
+        Mirrored {
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            generation: self.generation,
+            spec: self.spec.clone(),
+        }
+    }
+}
+
+/// An AllocationRule as mirrored into etcd, from its compiled form (only rules that compile are
+/// mirrored): the engine's spec and its content hash.
 pub fn mirror_rule(
     name: &str,
     meta: &kube::core::ObjectMeta,
-    spec: &AllocationRuleSpec,
-) -> Mirrored<serde_json::Value> {
-    Mirrored {
+    rule: &rules::CompiledRule,
+) -> MirroredRule {
+    MirroredRule {
         name: name.to_string(),
         uid: meta.uid.clone(),
         generation: meta.generation,
-        spec: serde_json::to_value(spec).expect("rule spec serializes"),
+        spec: rule.spec().clone(),
+        hash: rule.hash().to_string(),
     }
 }
 
@@ -617,6 +663,55 @@ selector: "pod.namespace == 'db'"
         let via_json: MacPoolConfig =
             serde_json::from_value(serde_json::to_value(&pool).unwrap()).unwrap();
         assert_eq!(MacPoolConfig::from(&pool), via_json);
+    }
+
+    #[test]
+    fn rule_json_matches_the_rule_engine() {
+        let yaml = r#"
+priority: 100
+match: "pod.namespace == 'db'"
+subnets: [lan-100, lan-200]
+ip: "''"
+mac: "'02:00:0a:e6:00:07'"
+sticky: {key: "pod.name", holdSeconds: 3600}
+"#;
+        let spec: AllocationRuleSpec = serde_saphyr::from_str(yaml).unwrap();
+        let engine = spec.to_engine().unwrap();
+        // Same JSON both ways: what `kubectl get -o yaml` shows under spec is what etcd holds.
+        assert_eq!(
+            serde_json::to_value(&engine).unwrap(),
+            serde_json::to_value(&spec).unwrap()
+        );
+        assert_eq!(engine.subnet_list(), ["lan-100", "lan-200"]);
+        assert_eq!(engine.sticky.as_ref().unwrap().hold_seconds, 3600);
+        let deny = AllocationRuleSpec {
+            match_: "true".into(),
+            deny: Some(Deny {
+                message: "no".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(deny.to_engine().unwrap()).unwrap(),
+            serde_json::to_value(&deny).unwrap()
+        );
+
+        // The mirrored value: Mirrored<AllocationRuleSpec> plus a top-level hash, which the
+        // allocator's Mirrored ignores.
+        let compiled = rules::compile("db", &engine).unwrap();
+        let meta = kube::core::ObjectMeta {
+            uid: Some("u-1".into()),
+            generation: Some(2),
+            ..Default::default()
+        };
+        let m = mirror_rule("db", &meta, &compiled);
+        assert_eq!(m.hash, rules::content_hash(&engine));
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["hash"], m.hash.as_str());
+        assert_eq!(json["spec"], serde_json::to_value(&spec).unwrap());
+        let read: Mirrored<rules::AllocationRuleSpec> = serde_json::from_value(json).unwrap();
+        assert_eq!(read, m.to_mirrored());
+        assert_eq!(rules::RuleSet::from_mirrored([&read]).unwrap().len(), 1);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub fn spec_of(uid: &str, reservations: &[Reservation]) -> Option<(PodName, Macv
     let o = &first.record.owner;
     let mut interfaces: Vec<EndpointInterface> = reservations
         .iter()
+        // A held reservation (kept for a sticky key after its pod went) belongs to no pod.
+        .filter(|r| r.record.state != State::Held)
         .map(|r| EndpointInterface {
             ifname: r.record.owner.ifname.clone(),
             subnet: r.record.subnet.clone(),
@@ -55,7 +57,7 @@ pub fn spec_of(uid: &str, reservations: &[Reservation]) -> Option<(PodName, Macv
             node: r.record.owner.node.clone(),
             state: match r.record.state {
                 State::Pending => EndpointState::Pending,
-                State::Committed => EndpointState::Committed,
+                State::Committed | State::Held => EndpointState::Committed,
             },
         })
         .collect();
@@ -336,6 +338,7 @@ mod tests {
                 state,
                 since: "2026-01-01T00:00:00Z".into(),
                 lease: None,
+                sticky: None,
             },
             revision: 1,
         };

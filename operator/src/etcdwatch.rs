@@ -78,7 +78,10 @@ impl Sinks {
                             (Some(p), _) if self.ledger.take(&key, p.mod_revision()) => {
                                 ReleaseReason::Gc
                             }
-                            (_, Some(r)) if r.state == State::Pending => ReleaseReason::Expired,
+                            // A pending lease or a sticky hold ran out.
+                            (_, Some(r)) if matches!(r.state, State::Pending | State::Held) => {
+                                ReleaseReason::Expired
+                            }
                             _ => ReleaseReason::Del,
                         };
                         self.metrics.released(&subnet, reason);
@@ -117,7 +120,8 @@ impl Sinks {
                     });
                 }
             }
-            Key::Mac(_) | Key::Node { .. } | Key::Schema => {}
+            // A sticky key changes with its IP key, which fires above.
+            Key::Mac(_) | Key::Node { .. } | Key::Sticky { .. } | Key::Schema => {}
         }
     }
 }

@@ -317,6 +317,7 @@ mod tests {
                 state,
                 since: "2026-01-01T00:00:00Z".into(),
                 lease: None,
+                sticky: None,
             },
             revision,
         }

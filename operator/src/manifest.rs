@@ -12,12 +12,14 @@ use kube::core::ObjectMeta;
 use kube::CustomResourceExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use static_macvlan_allocator::rules::CompiledRule;
 use static_macvlan_allocator::{
     Allocator, MacPool as ValidPool, MacPoolConfig, Mirrored, Subnet, SubnetConfig,
 };
 
 use crate::crd::{
-    self, AllocationRule, AllocationRuleSpec, MacPool, MacPoolSpec, VlanSubnet, VlanSubnetSpec,
+    self, AllocationRule, AllocationRuleSpec, MacPool, MacPoolSpec, MirroredRule, VlanSubnet,
+    VlanSubnetSpec,
 };
 use crate::error::Error;
 use crate::mirror::{self, Snapshot};
@@ -108,7 +110,8 @@ pub struct Parsed {
 pub enum Object {
     Subnet(Box<VlanSubnetSpec>, Box<Subnet>),
     MacPool(MacPoolSpec, ValidPool),
-    Rule(AllocationRuleSpec),
+    /// The spec and the rule as compiled by the rule engine (every CEL expression checked).
+    Rule(AllocationRuleSpec, Box<CompiledRule>),
 }
 
 impl Parsed {
@@ -240,8 +243,8 @@ fn check_document(origin: Origin, doc: Value) -> DocResult {
         }
         Kind::AllocationRule => {
             let spec: AllocationRuleSpec = typed(spec).map_err(fail)?;
-            validate::validate_rule(&spec).map_err(fail)?;
-            Object::Rule(spec)
+            let compiled = validate::validate_rule(&name, &spec).map_err(fail)?;
+            Object::Rule(spec, Box::new(compiled))
         }
     };
     Ok(Parsed {
@@ -281,7 +284,7 @@ impl fmt::Display for Action {
 pub enum Write {
     Subnet(Box<Mirrored<SubnetConfig>>),
     MacPool(Mirrored<MacPoolConfig>),
-    Rule(Mirrored<Value>),
+    Rule(MirroredRule),
 }
 
 /// A planned write, in the order of the input.
@@ -428,7 +431,7 @@ pub fn plan(docs: Vec<DocResult>, snap: &Snapshot) -> Result<Plan, Vec<DocError>
                     write: Write::MacPool(m),
                 }
             }
-            Object::Rule(spec) => {
+            Object::Rule(spec, compiled) => {
                 for s in spec.subnet.iter().chain(&spec.subnets) {
                     if !subnets.contains(&s.as_str()) {
                         warnings.push(format!(
@@ -437,7 +440,7 @@ pub fn plan(docs: Vec<DocResult>, snap: &Snapshot) -> Result<Plan, Vec<DocError>
                         ));
                     }
                 }
-                let m = crd::mirror_rule(&p.name, &p.meta, spec);
+                let m = crd::mirror_rule(&p.name, &p.meta, compiled);
                 Step {
                     kind: Kind::AllocationRule,
                     name: p.name.clone(),

@@ -15,6 +15,7 @@ use static_macvlan_allocator::{
     Allocator, MacAddr, MacPool, MacPoolConfig, Mirrored, SubnetConfig, SCHEMA_VERSION,
 };
 
+use crate::crd::MirroredRule;
 use crate::error::Error;
 
 /// One stored configuration object: its raw JSON (to tell "unchanged" from "configured"), the
@@ -141,12 +142,13 @@ impl Snapshot {
     }
 }
 
-/// Writes a rule as mirrored (schema key created alongside when absent, as the allocator does
-/// for subnets and pools).
+/// Writes a rule as mirrored — the allocator's `Mirrored<AllocationRuleSpec>` plus its content
+/// `hash` — (schema key created alongside when absent, as the allocator does for subnets and
+/// pools).
 ///
 /// # Errors
 /// [`Error::Etcd`].
-pub async fn put_rule(alloc: &Allocator, rule: &Mirrored<Value>) -> Result<(), Error> {
+pub async fn put_rule(alloc: &Allocator, rule: &MirroredRule) -> Result<(), Error> {
     let k = alloc.keys();
     let json = serde_json::to_string(rule).expect("rule serializes");
     let key = k.rule(&rule.name);

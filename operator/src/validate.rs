@@ -4,7 +4,9 @@
 //!   enums, bounds, required and unknown fields — so `apply` rejects what the API server would,
 //!   from the same source of truth;
 //! - semantic ([`validate_subnet`], [`validate_macpool`], [`validate_rule`], [`check_overlap`]):
-//!   what needs address arithmetic or other objects, delegated to the allocator where it lives.
+//!   what needs address arithmetic or other objects, delegated to the allocator where it lives;
+//!   for AllocationRules and VlanSubnet selectors that includes compiling and type-checking
+//!   every CEL expression with the allocator's rule engine, the same one the plugin runs.
 //!
 //! Every error is a [`FieldError`] naming the field by its path in the object
 //! (`spec.ranges[1].end`), the value and the reason.
@@ -14,17 +16,25 @@ use std::fmt::Write as _;
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 use static_macvlan_allocator::keys::check_segment;
+use static_macvlan_allocator::rules::{self, CompiledRule, RuleError};
 use static_macvlan_allocator::{Error as AllocError, MacPool, MacPoolConfig, Subnet, SubnetConfig};
 
 use crate::crd::{AllocationRuleSpec, MacPoolSpec, VlanSubnet, VlanSubnetSpec};
 
 /// A rejected field: its path in the object, the offending value and why.
+///
+/// For a CEL expression that does not compile, `value` is the expression's source and `reason`
+/// the engine's message followed by the position in the source: `… (at 1:15)` (line:column,
+/// 1-based).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field} {value:?}: {reason}")]
 pub struct FieldError {
     pub field: String,
     pub value: String,
     pub reason: String,
+    /// The field is a CEL expression that does not compile (syntax, types, result type, trial
+    /// run): condition reason `InvalidExpression`.
+    pub expression: bool,
 }
 
 impl FieldError {
@@ -37,12 +47,16 @@ impl FieldError {
             field: field.into(),
             value: value.into(),
             reason: reason.into(),
+            expression: false,
         }
     }
 
-    /// A reason for a condition: `Overlap` for overlaps, `InvalidField` otherwise.
+    /// A reason for a condition: `InvalidExpression` for CEL that does not compile, `Overlap`
+    /// for overlaps, `InvalidField` otherwise.
     pub fn condition_reason(&self) -> &'static str {
-        if self.reason.starts_with("overlaps") {
+        if self.expression {
+            "InvalidExpression"
+        } else if self.reason.starts_with("overlaps") {
             "Overlap"
         } else {
             "InvalidField"
@@ -67,6 +81,7 @@ fn from_allocator(e: AllocError) -> FieldError {
                 field,
                 value,
                 reason,
+                expression: false,
             }
         }
         other => FieldError::new("spec", "", other.to_string()),
@@ -103,12 +118,73 @@ pub fn validate_name(name: &str) -> Result<(), FieldError> {
 }
 
 /// Semantic validation of a VlanSubnet: the allocator's [`Subnet::from_config`] (cidr, gateway
-/// and ranges inside the cidr, start ≤ end, excludes inside, routes, mtu, interface names).
+/// and ranges inside the cidr, start ≤ end, excludes inside, routes, mtu, interface names), then
+/// the `selector` compiled and type-checked by the rule engine
+/// ([`compile_selector`](rules::compile_selector)).
 ///
 /// # Errors
-/// The first bad field, as `spec.<field>`.
+/// The first bad field, as `spec.<field>`; a selector that does not compile as `spec.selector`
+/// with the CEL error and its position.
 pub fn validate_subnet(name: &str, spec: &VlanSubnetSpec) -> Result<Subnet, FieldError> {
-    Subnet::from_config(name, &SubnetConfig::from(spec)).map_err(from_allocator)
+    let subnet = Subnet::from_config(name, &SubnetConfig::from(spec)).map_err(from_allocator)?;
+    if let Some(source) = &spec.selector {
+        rules::compile_selector(name, source)
+            .map_err(|e| from_rule_error(e, |_| Some(source.clone()), true))?;
+    }
+    Ok(subnet)
+}
+
+/// A rule engine error as a [`FieldError`]: the engine's field, the value found there (by
+/// `value_of`), its message and, for CEL errors, the position `(at line:column)`.
+fn from_rule_error(
+    e: RuleError,
+    value_of: impl Fn(&str) -> Option<String>,
+    expression: bool,
+) -> FieldError {
+    let value = value_of(e.field()).unwrap_or_default();
+    match e {
+        RuleError::Invalid {
+            field,
+            message,
+            position,
+            ..
+        } => FieldError {
+            reason: match position {
+                Some(p) => format!("{message} (at {p})"),
+                None => message,
+            },
+            field,
+            value,
+            expression,
+        },
+        // Compiling only ever fails with `Invalid`; keep anything else readable all the same.
+        other => FieldError {
+            field: other.field().to_string(),
+            value,
+            reason: other.to_string(),
+            expression,
+        },
+    }
+}
+
+/// The value of a field of an AllocationRule, by the path the engine names it with.
+fn rule_value(spec: &rules::AllocationRuleSpec, field: &str) -> Option<String> {
+    let subnets = |i: &str| {
+        let i: usize = i.strip_suffix(']')?.parse().ok()?;
+        spec.subnets.as_ref()?.get(i).cloned()
+    };
+    match field {
+        "metadata.name" => None,
+        "spec.match" => Some(spec.r#match.clone()),
+        "spec.ip" => spec.ip.clone(),
+        "spec.mac" => spec.mac.clone(),
+        "spec.subnet" => spec.subnet.clone(),
+        "spec.subnets" => spec.subnets.as_ref().map(|l| l.join(",")),
+        "spec.deny" | "spec.deny.message" => spec.deny.as_ref().map(|d| d.message.clone()),
+        "spec.sticky.key" => spec.sticky.as_ref().and_then(|s| s.key.clone()),
+        "spec.sticky.holdSeconds" => spec.sticky.as_ref().map(|s| s.hold_seconds.to_string()),
+        f => f.strip_prefix("spec.subnets[").and_then(subnets),
+    }
 }
 
 /// Semantic validation of a MacPool: unicast, locally administered unless `allowGlobal`,
@@ -120,12 +196,30 @@ pub fn validate_macpool(name: &str, spec: &MacPoolSpec) -> Result<MacPool, Field
     MacPool::from_config(name, &MacPoolConfig::from(spec)).map_err(from_allocator)
 }
 
-/// What can be checked of an AllocationRule before its CEL is compiled (the rule-engine's job):
-/// the schema's cross-field rules, and that subnet names can name a subnet.
+/// Validates and compiles AllocationRule `name`: the schema's cross-field rules, then the rule
+/// engine's [`compile`](rules::compile) — its structural checks (subnet names, exclusive
+/// actions, bounds) and every CEL expression parsed, type-checked (result type included) and
+/// trial-run on a sample pod, exactly as the plugin will compile it.
 ///
 /// # Errors
-/// The first bad field.
-pub fn validate_rule(spec: &AllocationRuleSpec) -> Result<(), FieldError> {
+/// The first bad field. A CEL expression that does not compile is named as `spec.match`,
+/// `spec.ip`, `spec.mac` or `spec.sticky.key`, with the expression as value, the CEL error and
+/// `(at line:column)`; [`FieldError::condition_reason`] is then `InvalidExpression`.
+pub fn validate_rule(name: &str, spec: &AllocationRuleSpec) -> Result<CompiledRule, FieldError> {
+    check_rule_fields(spec)?;
+    let engine = spec
+        .to_engine()
+        .map_err(|e| FieldError::new("spec", "", e))?;
+    let value_of = |field: &str| rule_value(&engine, field);
+    // Structure first, so that only CEL errors are reported as InvalidExpression.
+    engine
+        .validate(name)
+        .map_err(|e| from_rule_error(e, value_of, false))?;
+    rules::compile(name, &engine).map_err(|e| from_rule_error(e, value_of, true))
+}
+
+/// The schema's cross-field rules of an AllocationRule, and that subnet names can name a subnet.
+fn check_rule_fields(spec: &AllocationRuleSpec) -> Result<(), FieldError> {
     if spec.match_.trim().is_empty() {
         return Err(FieldError::new(
             "spec.match",
@@ -143,12 +237,13 @@ pub fn validate_rule(spec: &AllocationRuleSpec) -> Result<(), FieldError> {
     let gives = spec.subnet.is_some()
         || !spec.subnets.is_empty()
         || spec.ip.is_some()
-        || spec.mac.is_some();
+        || spec.mac.is_some()
+        || spec.sticky.is_some();
     if let (Some(deny), true) = (&spec.deny, gives) {
         return Err(FieldError::new(
             "spec.deny",
             &deny.message,
-            "deny cannot be combined with subnet, subnets, ip or mac",
+            "deny cannot be combined with subnet, subnets, ip, mac or sticky",
         ));
     }
     let names = spec
@@ -478,17 +573,87 @@ mod tests {
             subnet: Some("lan".into()),
             ..Default::default()
         };
-        assert!(validate_rule(&r).is_ok());
+        assert!(validate_rule("r", &r).is_ok());
         r.subnets = vec!["x".into()];
-        assert_eq!(validate_rule(&r).unwrap_err().field, "spec.subnets");
+        assert_eq!(validate_rule("r", &r).unwrap_err().field, "spec.subnets");
         r.subnets.clear();
         r.deny = Some(Deny {
             message: "no".into(),
         });
-        assert_eq!(validate_rule(&r).unwrap_err().field, "spec.deny");
+        assert_eq!(validate_rule("r", &r).unwrap_err().field, "spec.deny");
         r.deny = None;
         r.subnet = Some("a/b".into());
-        assert_eq!(validate_rule(&r).unwrap_err().field, "spec.subnet");
+        assert_eq!(validate_rule("r", &r).unwrap_err().field, "spec.subnet");
+    }
+
+    #[test]
+    fn rule_expressions_are_compiled_with_position() {
+        let rule = |m: &str, ip: Option<&str>| AllocationRuleSpec {
+            match_: m.into(),
+            subnet: Some("lan".into()),
+            ip: ip.map(Into::into),
+            ..Default::default()
+        };
+        let compiled = validate_rule("db", &rule("pod.namespace == 'db'", None)).unwrap();
+        assert_eq!(compiled.name(), "db");
+        assert_eq!(compiled.hash().len(), 64);
+
+        // (match, ip, field, what the reason contains)
+        let cases = [
+            ("pod.namespace = 'db'", None, "spec.match", "(at 1:15)"),
+            ("pdo.name == 'x'", None, "spec.match", "'pdo'"),
+            ("true &&\n  pod.nmae == 'x'", None, "spec.match", "(at 2:6)"),
+            ("pod.name", None, "spec.match", "must evaluate to a bool"),
+            ("true", Some("'10.0.0.' + 5"), "spec.ip", "(at 1:11)"),
+            (
+                "true",
+                Some("1 + 2"),
+                "spec.ip",
+                "must evaluate to a string",
+            ),
+        ];
+        for (m, ip, field, reason) in cases {
+            let e = validate_rule("db", &rule(m, ip)).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert_eq!(e.value, ip.unwrap_or(m), "{e}");
+            assert!(e.reason.contains(reason), "want {reason:?} in {e}");
+            assert!(e.expression, "{e}");
+            assert_eq!(e.condition_reason(), "InvalidExpression");
+        }
+
+        // Structure is checked by the engine too, and is not an expression error.
+        let mut r = rule("true", None);
+        r.sticky = Some(crate::crd::Sticky {
+            key: None,
+            hold_seconds: 40 * 24 * 3600,
+        });
+        let e = validate_rule("db", &r).unwrap_err();
+        assert_eq!(e.field, "spec.sticky.holdSeconds", "{e}");
+        assert_eq!(e.value, "3456000");
+        assert_eq!(e.condition_reason(), "InvalidField");
+        let mut r = rule("true", None);
+        r.subnet = None;
+        r.subnets = vec!["a".into(), "a".into()];
+        let e = validate_rule("db", &r).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.value.as_str()),
+            ("spec.subnets[1]", "a")
+        );
+    }
+
+    #[test]
+    fn subnet_selector_is_compiled() {
+        let mut s = subnet_spec();
+        s.selector = Some("pod.namespace == 'db'".into());
+        assert!(validate_subnet("lan", &s).is_ok());
+        s.selector = Some("pod.namespace".into());
+        let e = validate_subnet("lan", &s).unwrap_err();
+        assert_eq!(e.field, "spec.selector", "{e}");
+        assert!(e.reason.contains("must evaluate to a bool"), "{e}");
+        assert_eq!(e.condition_reason(), "InvalidExpression");
+        s.selector = Some("pod.namespace == 'db' &&\n pod.labls['x'] == 'y'".into());
+        let e = validate_subnet("lan", &s).unwrap_err();
+        assert!(e.reason.contains("(at 2:"), "{e}");
     }
 
     #[test]

@@ -423,3 +423,155 @@ fn usage_errors_and_unreachable_etcd() {
     assert_eq!(r.code, 2, "{r}");
     assert!(r.stderr.contains("invalid spec.cidr"), "{r}");
 }
+
+fn rule(name: &str, spec: &str) -> String {
+    format!("apiVersion: staticmacvlan.io/v1alpha1\nkind: AllocationRule\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+/// Every CEL expression is compiled and type-checked before anything is written: a rule that
+/// does not compile fails the run with the rule, the field, the CEL error and its position, and
+/// etcd does not move.
+#[tokio::test]
+async fn rules_that_do_not_compile_are_rejected_with_field_and_position() {
+    let f = Fixture::new();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "syntax error",
+            rule("bad-cel", "  match: \"pod.namespace = 'db'\"\n  subnet: lan\n"),
+            "invalid spec.match \"pod.namespace = 'db'\": Syntax error",
+        ),
+        (
+            "unknown field, second line",
+            rule(
+                "bad-cel",
+                "  match: |-\n    pod.namespace == 'db' &&\n      pod.nmae == 'x'\n  subnet: lan\n",
+            ),
+            "undefined field 'nmae' of pod",
+        ),
+        (
+            "match returning a string",
+            rule("bad-cel", "  match: pod.name\n  subnet: lan\n"),
+            "invalid spec.match \"pod.name\": must evaluate to a bool, but the expression is of type string",
+        ),
+        (
+            "ip of the wrong type",
+            rule("bad-cel", "  match: 'true'\n  ip: \"'10.0.0.' + 5\"\n"),
+            "invalid spec.ip \"'10.0.0.' + 5\": found no matching overload",
+        ),
+        (
+            "sticky key returning an int",
+            rule("bad-cel", "  match: 'true'\n  sticky: {key: 'size(pod.name)', holdSeconds: 60}\n"),
+            "invalid spec.sticky.key \"size(pod.name)\": must evaluate to a string",
+        ),
+        (
+            "selector returning a string",
+            subnet(
+                "bad-cel",
+                "  master: eth0\n  cidr: 10.230.0.0/24\n  selector: pod.namespace\n",
+            ),
+            "invalid spec.selector \"pod.namespace\": must evaluate to a bool",
+        ),
+    ];
+    let positions = [
+        Some("(at 1:15)"),
+        Some("(at 2:6)"),
+        None,
+        Some("(at 1:11)"),
+        None,
+        None,
+    ];
+    for ((what, doc, error), position) in cases.into_iter().zip(positions) {
+        let input = format!("{POOL}---\n{doc}");
+        let before = f.etcd.revision().await.unwrap();
+        let r = f.run(&["apply", "-f", "-"], Some(&input));
+        assert_eq!(r.code, 2, "{what}: {r}");
+        assert!(r.stderr.contains(error), "{what}: want {error:?} in\n{r}");
+        assert!(
+            r.stderr.contains("document 2 (line 7)") && r.stderr.contains("\"bad-cel\""),
+            "{what}: the object is named: {r}"
+        );
+        if let Some(p) = position {
+            assert!(r.stderr.contains(p), "{what}: want {p:?} in\n{r}");
+        }
+        assert!(r.stdout.is_empty(), "{what}: {r}");
+        assert_eq!(
+            f.etcd.revision().await.unwrap(),
+            before,
+            "{what}: etcd changed"
+        );
+        assert!(f.keys().is_empty(), "{what}: {:?}", f.keys());
+    }
+}
+
+/// A rule that compiles is mirrored as the plugin reads it — `Mirrored<AllocationRuleSpec>` —
+/// plus its content hash, and evaluates as written.
+#[tokio::test]
+async fn a_compiled_rule_is_mirrored_for_the_plugin_with_its_hash() {
+    use static_macvlan_allocator::rules::{
+        content_hash, AllocationRuleSpec, Budget, Context, PodInfo, RuleSet,
+    };
+    use static_macvlan_allocator::Mirrored;
+
+    let f = Fixture::new();
+    let ordinal = rule(
+        "web-ordinal",
+        r#"  priority: 100
+  match: "pod.namespace == 'default' && pod.name.startsWith('web-')"
+  subnet: lan-100
+  ip: "'10.230.0.' + string(200 + int(pod.name.split('-')[size(pod.name.split('-')) - 1]))"
+  sticky:
+    holdSeconds: 3600
+"#,
+    );
+    let input = format!("{SITE}---\n{ordinal}");
+    let r = f.run(&["apply", "-f", "-"], Some(&input));
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stdout
+            .contains("allocationrule.staticmacvlan.io/web-ordinal created\n"),
+        "{r}"
+    );
+
+    let mut rules = Vec::new();
+    for name in ["databases", "web-ordinal"] {
+        let raw = f
+            .get(&format!("config/rules/{name}"))
+            .expect("rule mirrored");
+        let json: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        let m: Mirrored<AllocationRuleSpec> = serde_json::from_str(&raw).unwrap();
+        assert_eq!(m.name, name);
+        assert_eq!(json["hash"], content_hash(&m.spec), "{json}");
+        rules.push(m);
+    }
+    let set = RuleSet::from_mirrored(&rules).unwrap();
+    assert_eq!(set.rules()[0].name(), "databases");
+
+    let ctx = |namespace: &str, name: &str| Context {
+        pod: PodInfo {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: "u-1".into(),
+            node: "node-a".into(),
+            metadata: Some(Default::default()),
+        },
+        ..Context::default()
+    };
+    let d = set
+        .evaluate(&ctx("default", "web-7"), &Budget::default())
+        .unwrap();
+    assert_eq!(d.rule.as_deref(), Some("web-ordinal"));
+    assert_eq!(d.subnets, ["lan-100"]);
+    assert_eq!(d.ip, Some("10.230.0.207".parse().unwrap()));
+    assert_eq!(d.sticky.unwrap().key, "default/web-7");
+    let d = set
+        .evaluate(&ctx("other", "web-7"), &Budget::default())
+        .unwrap();
+    assert_eq!(d.rule, None);
+
+    // Re-applying is a no-op: the hash is part of what is compared.
+    let before = f.etcd.revision().await.unwrap();
+    let r = f.run(&["apply", "-f", "-"], Some(&input));
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.stdout.matches(" unchanged\n").count(), 5, "{r}");
+    assert_eq!(f.etcd.revision().await.unwrap(), before);
+}

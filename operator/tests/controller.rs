@@ -523,3 +523,140 @@ async fn sweep_removes_only_orphaned_config() {
         "reservations are never touched"
     );
 }
+
+/// An AllocationRule as the API server returns it.
+fn allocation_rule(generation: i64, spec: Value) -> Value {
+    json!({
+        "apiVersion": "staticmacvlan.io/v1alpha1", "kind": "AllocationRule",
+        "metadata": {"name": "web-ordinal", "uid": "u-web", "generation": generation,
+                     "resourceVersion": "12", "finalizers": [MIRROR_FINALIZER]},
+        "spec": spec
+    })
+}
+
+/// Reconciles `obj` against a fresh fake API server sharing `e`'s etcd; returns the API.
+async fn reconcile_rule_obj(e: &Env, obj: Value) -> MockApi {
+    let api = accepting(obj.clone());
+    let ctx = Arc::new(Ctx::new(
+        api.client.clone(),
+        e.ctx.alloc.clone(),
+        Arc::new(Metrics::new()),
+        Duration::from_secs(300),
+    ));
+    let ar: AllocationRule = serde_json::from_value(obj).unwrap();
+    reconcile_rule(Arc::new(ar), ctx).await.unwrap();
+    api
+}
+
+/// A rule is compiled before it is mirrored: a good one goes to etcd as the plugin reads it,
+/// with its content hash, and is Ready; a later generation that does not compile gets
+/// Invalid/InvalidExpression with the CEL error and its position, and etcd keeps the good one.
+#[tokio::test]
+async fn rules_are_compiled_and_only_good_ones_mirrored() {
+    use static_macvlan_allocator::rules::{content_hash, AllocationRuleSpec, RuleSet};
+
+    let good = allocation_rule(
+        1,
+        json!({"priority": 100, "match": "pod.name.startsWith('web-')", "subnet": "lan-100",
+               "ip": "'10.230.0.' + string(200 + int(pod.name.split('-')[1]))"}),
+    );
+    let e = env(good.clone()).await;
+    let api = reconcile_rule_obj(&e, good).await;
+    let raw = e.f.get("config/rules/web-ordinal").expect("mirrored");
+    let m: Mirrored<AllocationRuleSpec> = serde_json::from_str(&raw).unwrap();
+    assert_eq!((m.uid.as_deref(), m.generation), (Some("u-web"), Some(1)));
+    let json: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(json["hash"], content_hash(&m.spec), "{json}");
+    assert_eq!(RuleSet::from_mirrored([&m]).unwrap().len(), 1);
+    let status = status_patch(&api);
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    assert_eq!(condition(&status, "Invalid")["status"], "False");
+
+    // Generation 2 has a type error on the second line of match.
+    let bad = allocation_rule(
+        2,
+        json!({"priority": 100, "match": "pod.name.startsWith('web-') &&\n  pod.nmae == 'x'",
+               "subnet": "lan-100"}),
+    );
+    let rev = e.f.etcd.revision().await.unwrap();
+    let api = reconcile_rule_obj(&e, bad).await;
+    assert_eq!(e.f.etcd.revision().await.unwrap(), rev, "nothing written");
+    assert_eq!(e.f.get("config/rules/web-ordinal").unwrap(), raw);
+    let status = status_patch(&api);
+    let invalid = condition(&status, "Invalid");
+    assert_eq!(invalid["status"], "True");
+    assert_eq!(invalid["reason"], "InvalidExpression");
+    let msg = invalid["message"].as_str().unwrap();
+    assert!(msg.contains("spec.match"), "{msg}");
+    assert!(msg.contains("undefined field 'nmae'"), "{msg}");
+    assert!(msg.contains("(at 2:6)"), "{msg}");
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("etcd keeps generation 1"),
+        "{ready}"
+    );
+    assert_eq!(status["observedGeneration"], 2);
+
+    // A match of the wrong result type, on a rule never mirrored: nothing in etcd.
+    let mut string_match = allocation_rule(1, json!({"match": "pod.name", "subnet": "lan-100"}));
+    string_match["metadata"]["name"] = json!("string-match");
+    let api = reconcile_rule_obj(&e, string_match).await;
+    assert_eq!(e.f.get("config/rules/string-match"), None);
+    let status = status_patch(&api);
+    let invalid = condition(&status, "Invalid");
+    assert_eq!(invalid["reason"], "InvalidExpression");
+    assert!(
+        invalid["message"]
+            .as_str()
+            .unwrap()
+            .contains("must evaluate to a bool, but the expression is of type string"),
+        "{invalid}"
+    );
+    assert!(
+        condition(&status, "Ready")["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was mirrored"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn subnet_with_a_bad_selector_is_invalid() {
+    let mut spec = lan_spec();
+    spec["selector"] = json!("pod.namespace == 'db' &&\n  pod.lables['tier'] == 'x'");
+    let obj = subnet(spec, &[SUBNET_FINALIZER], json!({}));
+    let e = env(obj.clone()).await;
+    let rev = e.f.etcd.revision().await.unwrap();
+    let vs: VlanSubnet = serde_json::from_value(obj).unwrap();
+    reconcile_subnet(Arc::new(vs), e.ctx.clone()).await.unwrap();
+
+    assert_eq!(e.f.get("config/subnets/lan-100"), None);
+    assert_eq!(e.f.etcd.revision().await.unwrap(), rev, "nothing written");
+    let status = status_patch(&e.api);
+    let invalid = condition(&status, "Invalid");
+    assert_eq!(invalid["status"], "True");
+    assert_eq!(invalid["reason"], "InvalidExpression");
+    let msg = invalid["message"].as_str().unwrap();
+    assert!(msg.contains("invalid spec.selector"), "{msg}");
+    assert!(msg.contains("(at 2:"), "{msg}");
+
+    // A good selector is mirrored as written.
+    let mut spec = lan_spec();
+    spec["selector"] = json!("pod.namespace == 'db'");
+    let obj = subnet(spec, &[SUBNET_FINALIZER], json!({}));
+    let e = env(obj.clone()).await;
+    let vs: VlanSubnet = serde_json::from_value(obj).unwrap();
+    reconcile_subnet(Arc::new(vs), e.ctx.clone()).await.unwrap();
+    let stored: Mirrored<SubnetConfig> =
+        serde_json::from_str(&e.f.get("config/subnets/lan-100").expect("mirrored")).unwrap();
+    assert_eq!(
+        stored.spec.selector.as_deref(),
+        Some("pod.namespace == 'db'")
+    );
+    assert_eq!(condition(&status_patch(&e.api), "Ready")["status"], "True");
+}
