@@ -321,7 +321,7 @@ pub enum Severity {
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
     pub severity: Severity,
-    /// `pod-gone`, `pending`, `stale-pending`, `missing-index`, `orphan-index`, `mismatch`,
+    /// `pod-gone`, `pending`, `held`, `stale-pending`, `missing-index`, `orphan-index`, `mismatch`,
     /// `corrupt`, `unknown-subnet`.
     pub finding: &'static str,
     /// The etcd key concerned.
@@ -533,6 +533,25 @@ pub async fn check_etcd(
         let key = key_of(kv);
         if expected.contains(&key) {
             continue;
+        }
+        // A sticky reservation whose pod is gone keeps its IP and MAC keys, without owner or node
+        // keys, until its hold lease expires: expected, not an orphan.
+        if let Ok(r) = serde_json::from_slice::<Record>(kv.value()) {
+            if r.state == static_macvlan_allocator::State::Held {
+                findings.push(Finding {
+                    severity: Severity::Info,
+                    finding: "held",
+                    key,
+                    detail: format!(
+                        "{} in {} held for sticky key {:?} (lease {})",
+                        r.ip,
+                        r.subnet,
+                        r.sticky.as_ref().map(|s| s.key.as_str()).unwrap_or("-"),
+                        r.lease.as_deref().unwrap_or("-")
+                    ),
+                });
+                continue;
+            }
         }
         let holder = serde_json::from_slice::<Record>(kv.value())
             .map(|r| format!("its record names {}", r.owner))

@@ -460,3 +460,43 @@ async fn check_asks_the_api_server_about_pods() {
         format!("{}/ips/lan-100/10.230.0.33", s.f.prefix)
     );
 }
+
+#[tokio::test]
+async fn check_accepts_a_held_sticky_reservation() {
+    let s = site().await;
+    let lan = s.alloc.get_subnet("lan-100").await.unwrap();
+    let vm = owner("u-vm", "vm-1", "net1");
+    let hold = static_macvlan_allocator::StickyHold {
+        key: "default/vm-1".into(),
+        hold: std::time::Duration::from_secs(300),
+    };
+    let r = s
+        .alloc
+        .reserve_sticky(
+            &lan,
+            &vm,
+            static_macvlan_allocator::IpRequest::Auto,
+            &static_macvlan_allocator::MacRequest::None,
+            Some(&hold),
+        )
+        .await
+        .unwrap();
+    s.alloc.commit(&r).await.unwrap();
+    s.alloc.release(&vm).await.unwrap();
+    // The IP key stays (held for the key) without an owner entry: reported, not a problem.
+    let r = check(&s, &["--no-api", "-o", "json"]);
+    assert_eq!(r.code, 0, "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let held: Vec<&Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["finding"] == "held")
+        .collect();
+    assert_eq!(held.len(), 1, "{v}");
+    assert_eq!(held[0]["severity"], "info");
+    assert!(
+        held[0]["detail"].as_str().unwrap().contains("default/vm-1"),
+        "{v}"
+    );
+}
