@@ -39,6 +39,12 @@ pub const DEFAULT_ETCD_CONFIG_FILE: &str = "/etc/cni/net.d/static-macvlan.d/etcd
 /// Default life of a pending reservation.
 pub const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(60);
 
+/// Default of `podMirrorWaitSeconds`: how long ADD waits for a pod mirror it needs.
+pub const DEFAULT_POD_MIRROR_WAIT: Duration = Duration::from_secs(2);
+
+/// Largest `podMirrorWaitSeconds`.
+pub const MAX_POD_MIRROR_WAIT_SECONDS: u64 = 60;
+
 /// Namespace recorded for attachments without `K8S_POD_NAMESPACE` (non-Kubernetes runtimes). Not
 /// a valid Kubernetes namespace name, so it can never be mistaken for a real one.
 pub const NO_NAMESPACE: &str = "-";
@@ -140,7 +146,7 @@ impl std::fmt::Display for IpWanted {
 }
 
 /// Parses `10.1.2.3` or `10.1.2.3/24`.
-fn parse_ip_wanted(s: &str) -> Option<IpWanted> {
+pub(crate) fn parse_ip_wanted(s: &str) -> Option<IpWanted> {
     match s.split_once('/') {
         None => Some(IpWanted {
             ip: s.parse().ok()?,
@@ -230,7 +236,7 @@ impl CniArgs {
 }
 
 /// Parses a unicast MAC address for an interface.
-fn parse_mac(s: &str) -> Result<MacAddr, String> {
+pub(crate) fn parse_mac(s: &str) -> Result<MacAddr, String> {
     let mac: MacAddr = s
         .parse()
         .map_err(|e: static_macvlan_allocator::addr::MacParseError| e.to_string())?;
@@ -367,8 +373,16 @@ pub struct NetConf {
     pub cni_version: CniVersion,
     /// The network name (`name`).
     pub name: String,
-    /// The subnet to attach to, as mirrored into etcd.
-    pub subnet: String,
+    /// The subnet to attach to, as mirrored into etcd; `None`: the pod's `vlan` annotation or
+    /// the AllocationRules choose.
+    pub subnet: Option<String>,
+    /// `podMirrorWaitSeconds`: how long ADD waits for a pod mirror it needs (0: never waits).
+    pub pod_mirror_wait: Duration,
+    /// `rules`: evaluate the AllocationRules mirrored into etcd (default true).
+    pub rules: bool,
+    /// `podAnnotations`: honour the pod's `static-ip`, `static-mac` and `vlan` annotations from
+    /// the pod mirror (default true).
+    pub pod_annotations: bool,
     pub etcd: EtcdConfig,
     /// Node-local override of the subnet's `master`.
     pub master: Option<String>,
@@ -474,6 +488,32 @@ impl<'a> Obj<'a> {
         }
     }
 
+    fn bool(&self, key: &str) -> Result<Option<bool>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(Error::config(
+                self.field(key),
+                other,
+                "must be true or false",
+            )),
+        }
+    }
+
+    fn int_up_to(&self, key: &str, max: u64) -> Result<Option<u64>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= max => Ok(Some(n)),
+                _ => Err(Error::config(
+                    self.field(key),
+                    v,
+                    format!("must be an integer from 0 to {max}"),
+                )),
+            },
+        }
+    }
+
     fn positive_int(&self, key: &str, max: u64) -> Result<Option<u64>, Error> {
         match self.get(key) {
             None => Ok(None),
@@ -509,9 +549,20 @@ pub fn parse_netconf(stdin: &[u8], env: &EnvMap) -> Result<NetConf, Error> {
     let cni_version: CniVersion = root.required_str("cniVersion")?.parse()?;
     let name = root.required_str("name")?.to_string();
     root.str("type")?;
-    let subnet = root.required_str("subnet")?.to_string();
-    check_segment("subnet", &subnet)
-        .map_err(|e| Error::config("subnet", Value::from(subnet.as_str()), reason_of(e)))?;
+    let subnet = match root.str("subnet")? {
+        None => None,
+        Some(s) => {
+            check_segment("subnet", s)
+                .map_err(|e| Error::config("subnet", Value::from(s), reason_of(e)))?;
+            Some(s.to_string())
+        }
+    };
+    let pod_mirror_wait = root
+        .int_up_to("podMirrorWaitSeconds", MAX_POD_MIRROR_WAIT_SECONDS)?
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_POD_MIRROR_WAIT);
+    let rules = root.bool("rules")?.unwrap_or(true);
+    let pod_annotations = root.bool("podAnnotations")?.unwrap_or(true);
 
     let master = root.str("master")?.map(str::to_string);
     if let Some(m) = &master {
@@ -586,6 +637,9 @@ pub fn parse_netconf(stdin: &[u8], env: &EnvMap) -> Result<NetConf, Error> {
         cni_version,
         name,
         subnet,
+        pod_mirror_wait,
+        rules,
+        pod_annotations,
         etcd,
         master,
         pending_ttl,
@@ -904,7 +958,18 @@ mod tests {
     fn minimal_netconf() {
         let c = parse(&base()).unwrap();
         assert_eq!(c.cni_version, CniVersion::V110);
-        assert_eq!(c.subnet, "lan");
+        assert_eq!(c.subnet.as_deref(), Some("lan"));
+        assert_eq!(c.pod_mirror_wait, DEFAULT_POD_MIRROR_WAIT);
+        assert!(c.rules && c.pod_annotations);
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("subnet");
+        v["podMirrorWaitSeconds"] = json!(0);
+        v["rules"] = json!(false);
+        v["podAnnotations"] = json!(false);
+        let c = parse(&v).unwrap();
+        assert_eq!(c.subnet, None);
+        assert_eq!(c.pod_mirror_wait, Duration::ZERO);
+        assert!(!c.rules && !c.pod_annotations);
         assert_eq!(c.node, "node-a");
         assert_eq!(c.pending_ttl, DEFAULT_PENDING_TTL);
         assert_eq!(c.etcd.prefix, "/static-macvlan");
@@ -931,9 +996,18 @@ mod tests {
             ("name", 7, |v| v["name"] = json!(7)),
             ("subnet", 7, |v| v["subnet"] = json!("a/b")),
             ("subnet", 7, |v| v["subnet"] = json!("")),
-            ("subnet", 7, |v| {
-                v.as_object_mut().unwrap().remove("subnet");
+            ("subnet", 7, |v| v["subnet"] = json!(5)),
+            ("podMirrorWaitSeconds", 7, |v| {
+                v["podMirrorWaitSeconds"] = json!(61)
             }),
+            ("podMirrorWaitSeconds", 7, |v| {
+                v["podMirrorWaitSeconds"] = json!(-1)
+            }),
+            ("podMirrorWaitSeconds", 7, |v| {
+                v["podMirrorWaitSeconds"] = json!("2")
+            }),
+            ("rules", 7, |v| v["rules"] = json!("yes")),
+            ("podAnnotations", 7, |v| v["podAnnotations"] = json!(1)),
             ("master", 7, |v| v["master"] = json!("eth 0")),
             ("master", 7, |v| v["master"] = json!(false)),
             ("pendingTTL", 7, |v| v["pendingTTL"] = json!(0)),

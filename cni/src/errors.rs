@@ -6,6 +6,7 @@
 
 use std::io;
 
+use static_macvlan_allocator::rules::RuleError;
 use static_macvlan_allocator::Error as AllocError;
 
 use crate::netlink::NetError;
@@ -58,6 +59,16 @@ pub mod code {
     pub const ETCD_REFUSED: u32 = 113;
     /// IPv6 duplicate address detection found the address in use on the LAN.
     pub const DUPLICATE_ADDRESS: u32 = 114;
+    /// An AllocationRule denies the attachment.
+    pub const DENIED_BY_RULE: u32 = 115;
+    /// The subnet's `selector` does not admit the attachment.
+    pub const SUBNET_REFUSED: u32 = 116;
+    /// An AllocationRule or a subnet selector is invalid, fails, exceeds its budget or gives an
+    /// unusable result.
+    pub const RULE_FAILED: u32 = 117;
+    /// A rule or selector needs the pod's labels or annotations, and the pod mirror did not
+    /// appear in etcd within `podMirrorWaitSeconds`.
+    pub const POD_METADATA_UNAVAILABLE: u32 = 118;
 }
 
 /// Everything that can make an invocation fail.
@@ -114,6 +125,23 @@ pub enum Error {
     /// STATUS: the plugin cannot serve ADD now.
     #[error("plugin not available: {0}")]
     NotAvailable(#[source] AllocError),
+
+    /// The matching AllocationRule denies the attachment.
+    #[error("denied by AllocationRule {rule:?}: {message}")]
+    Denied { rule: String, message: String },
+
+    /// The subnet's selector does not admit the attachment.
+    #[error("subnet {subnet:?} does not admit this attachment: its selector {selector:?} is false for {what}")]
+    SubnetRefused {
+        subnet: String,
+        selector: String,
+        what: String,
+    },
+
+    /// A rule or selector could not be compiled or evaluated; `note` adds what the plugin did
+    /// (e.g. how long it waited for the pod mirror).
+    #[error("{source}{note}")]
+    Rule { source: RuleError, note: String },
 }
 
 impl Error {
@@ -128,6 +156,15 @@ impl Error {
             Error::ContainerUnknown(_) => code::CONTAINER_UNKNOWN,
             Error::Check(_) => code::CHECK_FAILED,
             Error::NotAvailable(_) => code::NOT_AVAILABLE,
+            Error::Denied { .. } => code::DENIED_BY_RULE,
+            Error::SubnetRefused { .. } => code::SUBNET_REFUSED,
+            Error::Rule { source, .. } => match source {
+                RuleError::MetadataUnavailable { .. } => code::POD_METADATA_UNAVAILABLE,
+                RuleError::Invalid { .. }
+                | RuleError::Eval { .. }
+                | RuleError::Budget { .. }
+                | RuleError::BadResult { .. } => code::RULE_FAILED,
+            },
             Error::Alloc(e) => match e {
                 AllocError::Invalid { .. } => code::INVALID_CONFIG,
                 AllocError::IpTaken { .. } => code::IP_TAKEN,
@@ -141,9 +178,9 @@ impl Error {
                 }
                 AllocError::CommitFailed { .. } => code::COMMIT_FAILED,
                 AllocError::SchemaMismatch { .. } | AllocError::Corrupt { .. } => code::ETCD_DATA,
-                AllocError::Unavailable { .. } | AllocError::RetriesExhausted { .. } => {
-                    code::TRY_AGAIN_LATER
-                }
+                AllocError::Unavailable { .. }
+                | AllocError::RetriesExhausted { .. }
+                | AllocError::StickyInUse { .. } => code::TRY_AGAIN_LATER,
                 AllocError::Etcd { .. } => code::ETCD_REFUSED,
             },
             Error::Net(e) => match e {
@@ -199,6 +236,10 @@ impl Error {
             code::ETCD_DATA => "etcd_data",
             code::ETCD_REFUSED => "etcd_refused",
             code::DUPLICATE_ADDRESS => "duplicate_address",
+            code::DENIED_BY_RULE => "denied",
+            code::SUBNET_REFUSED => "subnet_refused",
+            code::RULE_FAILED => "rule_failed",
+            code::POD_METADATA_UNAVAILABLE => "pod_metadata_unavailable",
             _ => "other",
         }
     }
@@ -359,6 +400,56 @@ mod tests {
                 },
                 11,
             ),
+            (
+                AllocError::StickyInUse {
+                    key: "default/web-0".into(),
+                    holder: owner(),
+                },
+                11,
+            ),
+        ];
+        let rule = vec![
+            (
+                RuleError::Invalid {
+                    rule: "r".into(),
+                    field: "spec.match".into(),
+                    message: "m".into(),
+                    position: None,
+                },
+                117,
+            ),
+            (
+                RuleError::Eval {
+                    rule: "r".into(),
+                    field: "spec.ip".into(),
+                    message: "m".into(),
+                },
+                117,
+            ),
+            (
+                RuleError::Budget {
+                    rule: "r".into(),
+                    field: "spec.match".into(),
+                    limit: static_macvlan_allocator::rules::Limit::Cost(1),
+                },
+                117,
+            ),
+            (
+                RuleError::BadResult {
+                    rule: "r".into(),
+                    field: "spec.mac".into(),
+                    value: "v".into(),
+                    reason: "r".into(),
+                },
+                117,
+            ),
+            (
+                RuleError::MetadataUnavailable {
+                    rule: "r".into(),
+                    field: "spec.match".into(),
+                },
+                118,
+            ),
         ];
         let net = vec![
             (NetError::LinkNotFound { name: "x".into() }, 107),
@@ -483,7 +574,31 @@ mod tests {
                 }),
                 50,
             ),
+            (
+                Error::Denied {
+                    rule: "r".into(),
+                    message: "m".into(),
+                },
+                115,
+            ),
+            (
+                Error::SubnetRefused {
+                    subnet: "lan".into(),
+                    selector: "false".into(),
+                    what: "pod default/x".into(),
+                },
+                116,
+            ),
         ];
+        all.extend(rule.into_iter().map(|(source, c)| {
+            (
+                Error::Rule {
+                    source,
+                    note: String::new(),
+                },
+                c,
+            )
+        }));
         all.extend(alloc.into_iter().map(|(e, c)| (Error::Alloc(e), c)));
         all.extend(net.into_iter().map(|(e, c)| (Error::Net(e), c)));
         all
@@ -501,6 +616,18 @@ mod tests {
             Error::ContainerUnknown(_) => "ContainerUnknown".into(),
             Error::Check(_) => "Check".into(),
             Error::NotAvailable(_) => "NotAvailable".into(),
+            Error::Denied { .. } => "Denied".into(),
+            Error::SubnetRefused { .. } => "SubnetRefused".into(),
+            Error::Rule { source, .. } => format!(
+                "Rule::{}",
+                match source {
+                    RuleError::Invalid { .. } => "Invalid",
+                    RuleError::Eval { .. } => "Eval",
+                    RuleError::Budget { .. } => "Budget",
+                    RuleError::BadResult { .. } => "BadResult",
+                    RuleError::MetadataUnavailable { .. } => "MetadataUnavailable",
+                }
+            ),
             Error::Alloc(a) => format!(
                 "Alloc::{}",
                 match a {
@@ -519,6 +646,7 @@ mod tests {
                     AllocError::Unavailable { .. } => "Unavailable",
                     AllocError::Etcd { .. } => "Etcd",
                     AllocError::RetriesExhausted { .. } => "RetriesExhausted",
+                    AllocError::StickyInUse { .. } => "StickyInUse",
                 }
             ),
             Error::Net(n) => format!(
@@ -561,8 +689,8 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len(), "a variant is listed twice");
-        // 8 own variants (Alloc and Net counted through their inner enums) + 15 + 15.
-        assert_eq!(names.len(), 8 + 15 + 15, "{names:?}");
+        // 10 own variants (Alloc, Net and Rule counted through their inner enums) + 16 + 15 + 5.
+        assert_eq!(names.len(), 10 + 16 + 15 + 5, "{names:?}");
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! - [`netns`]: network namespaces (open, enter for a scope with a guard, sysctls inside).
 //! - [`netlink`]: links, addresses, routes, VLAN sub-interfaces and the host shim, behind one
 //!   small struct; the pod attachment set-up and tear-down built from them.
+//! - [`policy`]: what an ADD allocates: netconf, pod annotations, AllocationRules, selectors.
 
 pub mod conf;
 pub mod errors;
 pub mod netlink;
 pub mod netns;
 pub mod plugin;
+pub mod policy;
 pub mod types;

@@ -120,15 +120,25 @@ fn main() -> ExitCode {
     let container = outcome.container.as_deref().unwrap_or("");
     let ifname = outcome.ifname.as_deref().unwrap_or("");
     let subnet = outcome.subnet.as_deref().unwrap_or("");
+    let decision = outcome.decision.as_deref().unwrap_or("");
     // Rounded to 10 µs so that the line stays short.
     let duration_ms = (start.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
     match &outcome.error {
-        None => tracing::info!(verb, container, ifname, subnet, duration_ms, outcome = "ok"),
+        None => tracing::info!(
+            verb,
+            container,
+            ifname,
+            subnet,
+            decision,
+            duration_ms,
+            outcome = "ok"
+        ),
         Some(e) => tracing::warn!(
             verb,
             container,
             ifname,
             subnet,
+            decision,
             duration_ms,
             outcome = "error",
             code = e.code(),

@@ -512,6 +512,10 @@ fn mac_string(mac: &[u8]) -> String {
 pub struct Netlink {
     handle: Handle,
     conn: tokio::task::JoinHandle<()>,
+    /// The namespace the socket was opened in, when it is not the thread's own: sysctls under
+    /// /proc/sys/net belong to the namespace of the thread that opens them, so writes for this
+    /// connection's links enter it.
+    ns: Option<Netns>,
 }
 
 impl Drop for Netlink {
@@ -534,7 +538,11 @@ impl Netlink {
                 source,
             })?;
         let conn = tokio::spawn(conn);
-        Ok(Self { handle, conn })
+        Ok(Self {
+            handle,
+            conn,
+            ns: None,
+        })
     }
 
     /// Opens a connection in `ns`: the thread enters `ns` only while the socket is created, and
@@ -543,7 +551,17 @@ impl Netlink {
     /// # Errors
     /// [`NetError::Netns`] when `ns` cannot be entered, [`NetError::Netlink`] as [`Netlink::open`].
     pub fn open_in(ns: &Netns) -> Result<Self, NetError> {
-        ns.run(Self::open)?
+        let mut nl = ns.run(Self::open)??;
+        nl.ns = Some(Netns::open(ns.path())?);
+        Ok(nl)
+    }
+
+    /// Writes a sysctl of this connection's namespace.
+    fn write_sysctl(&self, key: &str, value: &str) -> Result<(), NetError> {
+        match &self.ns {
+            Some(ns) => ns.run(|| write_sysctl(key, value))?,
+            None => write_sysctl(key, value),
+        }
     }
 
     /// Every link of the namespace.
@@ -876,6 +894,31 @@ impl Netlink {
             .collect())
     }
 
+    /// Whether the main table already holds a default route of the family (IPv6 when `v6`), on
+    /// any link.
+    ///
+    /// # Errors
+    /// [`NetError::Netlink`] when the dump fails.
+    pub async fn has_default_route(&self, v6: bool) -> Result<bool, NetError> {
+        let msg = if v6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let dump: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(msg)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| netlink_error("list routes", e))?;
+        Ok(dump.iter().any(|m| {
+            route_table(m) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                && m.header.destination_prefix_length == 0
+        }))
+    }
+
     async fn route_messages(&self, index: u32) -> Result<Vec<RouteMessage>, NetError> {
         let mut routes = Vec::new();
         for msg in [
@@ -1135,7 +1178,7 @@ impl Netlink {
         // for the node's address (arp_filter=0 answers on any interface), so the LAN could learn
         // the shim's MAC for the node — ARP flux — and lose the node when the shim goes away.
         // arp_filter answers only where the reply would be routed out: the shim's own pods.
-        write_sysctl(&format!("net/ipv4/conf/{shim_name}/arp_filter"), "1")?;
+        self.write_sysctl(&format!("net/ipv4/conf/{shim_name}/arp_filter"), "1")?;
         if !shim.up {
             self.set_up(shim.index).await?;
         }

@@ -18,15 +18,17 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
+use static_macvlan_allocator::rules::RuleSet;
 use static_macvlan_allocator::{
     Allocator, EtcdConfig, IpRequest, MacAddr, MacRequest, Options, Owner, Released, Reservation,
-    State, Subnet,
+    State, StickyHold, Subnet,
 };
 
-use crate::conf::{self, Command, EnvMap, NetConf, RuntimeEnv};
+use crate::conf::{self, Command, EnvMap, IpWanted, NetConf, Requested, RuntimeEnv};
 use crate::errors::Error;
 use crate::netlink::{self, LinkLock, NetError, Netlink, PodInterface, Route};
 use crate::netns::Netns;
+use crate::policy;
 use crate::types::{self, CniResult, CniVersion, Interface, IpConfig, RouteConfig};
 
 /// Default directory for node-local state: link locks and the marks of VLAN sub-interfaces
@@ -53,6 +55,8 @@ pub struct Outcome {
     pub container: Option<String>,
     pub ifname: Option<String>,
     pub subnet: Option<String>,
+    /// ADD: how the subnet and the requests were decided (pod annotations, which rule and why).
+    pub decision: Option<String>,
 }
 
 /// Node-local settings that are not part of the network configuration.
@@ -94,12 +98,14 @@ pub async fn run(env: &EnvMap, stdin: &[u8]) -> Outcome {
             return Ok(Some(types::version_info()));
         }
         let conf = conf::parse_netconf(stdin, env)?;
-        out.subnet = Some(conf.subnet.clone());
+        out.subnet = conf.subnet.clone();
         let settings = Settings::from_env(env);
         match command {
             Command::Add => {
                 let rt = RuntimeEnv::from_env(command, env)?;
-                add(&conf, &rt, &settings).await.map(Some)
+                add(&conf, &rt, &settings, &mut out.subnet, &mut out.decision)
+                    .await
+                    .map(Some)
             }
             Command::Del => {
                 let rt = RuntimeEnv::from_env(command, env)?;
@@ -140,6 +146,7 @@ impl Outcome {
             container: env.get("CNI_CONTAINERID").cloned(),
             ifname: env.get("CNI_IFNAME").cloned(),
             subnet: None,
+            decision: None,
         }
     }
 
@@ -229,8 +236,7 @@ fn master_of(conf: &NetConf, subnet: &Subnet) -> String {
 }
 
 /// The static IP request in force, checked against the subnet's family and prefix.
-fn ip_request(conf: &NetConf, rt: &RuntimeEnv, subnet: &Subnet) -> Result<IpRequest, Error> {
-    let wanted = conf.static_ips(&rt.args);
+fn ip_request(wanted: &[Requested<IpWanted>], subnet: &Subnet) -> Result<IpRequest, Error> {
     let Some(first) = wanted.first() else {
         return Ok(IpRequest::Auto);
     };
@@ -294,6 +300,7 @@ fn result_of(
     ifname: &str,
     mac: [u8; 6],
     netns: &Path,
+    routes: &[Route],
 ) -> CniResult {
     let address = IpNetwork::new(rec_ip, subnet.cidr.prefix()).expect("prefix of the subnet fits");
     let dns = subnet
@@ -313,8 +320,8 @@ fn result_of(
             gateway: subnet.gateway,
             interface: Some(0),
         }],
-        routes: routes_of(subnet)
-            .into_iter()
+        routes: routes
+            .iter()
             .map(|r| RouteConfig {
                 dst: r.destination,
                 gw: r.gateway,
@@ -412,7 +419,78 @@ fn mark_vlan_ours(settings: &Settings, name: &str) {
     }
 }
 
-async fn add(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<Value, Error> {
+/// How long to sleep between reads of a pod mirror ADD waits for.
+const MIRROR_POLL: Duration = Duration::from_millis(100);
+
+/// Reads the pod mirror of the pod in `CNI_ARGS` (`None` without K8S args).
+async fn read_mirror(
+    alloc: &Allocator,
+    rt: &RuntimeEnv,
+) -> Result<Option<static_macvlan_allocator::model::PodRecord>, Error> {
+    match (&rt.args.pod_namespace, &rt.args.pod_name) {
+        (Some(ns), Some(name)) => Ok(alloc.pod_record(ns, name).await?),
+        _ => Ok(None),
+    }
+}
+
+/// Waits (once, up to `podMirrorWaitSeconds`) for the pod mirror of this pod's UID.
+async fn wait_for_mirror(
+    alloc: &Allocator,
+    conf: &NetConf,
+    rt: &RuntimeEnv,
+    mirror: &mut policy::Mirror,
+    why: &str,
+) -> Result<(), Error> {
+    mirror.waited = true;
+    if conf.pod_mirror_wait.is_zero() {
+        return Ok(());
+    }
+    tracing::debug!(
+        why,
+        wait_s = conf.pod_mirror_wait.as_secs(),
+        "waiting for the pod mirror"
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let left = conf.pod_mirror_wait.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Ok(());
+        }
+        tokio::time::sleep(left.min(MIRROR_POLL)).await;
+        let read = policy::Mirror::of(
+            read_mirror(alloc, rt).await?,
+            rt.args.pod_uid.as_deref(),
+            mirror.pod.clone(),
+        );
+        if read.record.is_some() {
+            tracing::debug!(
+                waited_ms = start.elapsed().as_millis() as u64,
+                "pod mirror appeared"
+            );
+            mirror.record = read.record;
+            mirror.stale = false;
+            return Ok(());
+        }
+    }
+}
+
+/// Whether ADD may try the next subnet of a rule's list after `e`.
+fn try_next_subnet(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::SubnetRefused { .. }
+            | Error::Alloc(static_macvlan_allocator::Error::PoolExhausted { .. })
+            | Error::Alloc(static_macvlan_allocator::Error::MacPoolExhausted { .. })
+    )
+}
+
+async fn add(
+    conf: &NetConf,
+    rt: &RuntimeEnv,
+    settings: &Settings,
+    chosen: &mut Option<String>,
+    decision: &mut Option<String>,
+) -> Result<Value, Error> {
     // Everything that can be checked without changing anything, first.
     let owner = rt.owner(&conf.node, &conf.name)?;
     let netns_path = rt.netns.as_deref().expect("ADD requires CNI_NETNS");
@@ -424,12 +502,141 @@ async fn add(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<Val
         .transpose()?;
     let host = Netlink::open()?;
     let alloc = connect(conf).await?;
-    // The pending lease is granted while the configuration is read: one round trip, not two.
-    let (loaded, lease) = tokio::join!(alloc.load_subnet(&conf.subnet), alloc.prepare());
-    let (subnet, pool) = loaded?;
+    // One round trip's time for all the reads: the netconf's subnet (and MAC pools), the pending
+    // lease, the rules and the pod mirror go out together on the one connection.
+    let (loaded, lease, rules, record) = tokio::join!(
+        async {
+            match &conf.subnet {
+                Some(s) => Some(alloc.load_subnet(s).await),
+                None => None,
+            }
+        },
+        alloc.prepare(),
+        async {
+            if conf.rules {
+                alloc.rules().await
+            } else {
+                Ok(Vec::new())
+            }
+        },
+        read_mirror(&alloc, rt),
+    );
     lease?;
-    tracing::debug!(subnet = %subnet.name, "read subnet");
-    let ip_req = ip_request(conf, rt, &subnet)?;
+    let rules = rules?;
+    let rules = RuleSet::from_mirrored(&rules).map_err(|source| Error::Rule {
+        source,
+        note: String::new(),
+    })?;
+    let pod = match (&rt.args.pod_namespace, &rt.args.pod_name) {
+        (Some(ns), Some(name)) => Some(format!("{ns}/{name}")),
+        _ => None,
+    };
+    let mut mirror = policy::Mirror::of(record?, rt.args.pod_uid.as_deref(), pod);
+    if conf.pod_mirror_wait.is_zero() {
+        mirror.waited = true;
+    }
+    let mut loaded = loaded;
+    if mirror.stale && !mirror.waited && conf.pod_annotations {
+        // A predecessor of the same name is mirrored: the operator runs and will mirror this
+        // pod shortly; its annotations may differ.
+        wait_for_mirror(
+            &alloc,
+            conf,
+            rt,
+            &mut mirror,
+            "the pod mirror is of another pod UID",
+        )
+        .await?;
+    }
+    'plan: loop {
+        let plan = match policy::plan(conf, rt, &owner, &rules, &mirror)? {
+            policy::Step::Plan(p) => p,
+            policy::Step::WaitForMirror(why) => {
+                wait_for_mirror(&alloc, conf, rt, &mut mirror, &why).await?;
+                continue 'plan;
+            }
+        };
+        *decision = Some(plan.reason.clone());
+        tracing::debug!(decision = %plan.reason, "planned");
+        let mut last_err = None;
+        for (i, name) in plan.subnets.iter().enumerate() {
+            let more = i + 1 < plan.subnets.len();
+            *chosen = Some(name.clone());
+            let read = match loaded.take() {
+                Some(r) if conf.subnet.as_deref() == Some(name.as_str()) => r,
+                _ => alloc.load_subnet(name).await,
+            };
+            let (subnet, pool) = read?;
+            tracing::debug!(subnet = %subnet.name, "read subnet");
+            let ip_req = ip_request(&plan.ips, &subnet)?;
+            let static_ip = match ip_req {
+                IpRequest::Static(a) => Some(a),
+                IpRequest::Auto => None,
+            };
+            let admitted = policy::admit(
+                &subnet,
+                &plan,
+                static_ip,
+                plan.mac.as_ref().map(|m| m.value),
+                &mirror,
+                conf.pod_mirror_wait,
+            );
+            match admitted {
+                Ok(policy::Admit::Yes) => {}
+                Ok(policy::Admit::WaitForMirror(why)) => {
+                    wait_for_mirror(&alloc, conf, rt, &mut mirror, &why).await?;
+                    continue 'plan;
+                }
+                Err(e) if more && try_next_subnet(&e) => {
+                    tracing::debug!(error = %e, "trying the next subnet");
+                    last_err = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let attempt = add_in_subnet(
+                conf,
+                rt,
+                settings,
+                &alloc,
+                &host,
+                &pod_ns,
+                &owner,
+                &plan,
+                subnet,
+                pool,
+                ip_req,
+                prev.clone(),
+            )
+            .await;
+            match attempt {
+                Err(e) if more && try_next_subnet(&e) => {
+                    tracing::debug!(error = %e, "trying the next subnet");
+                    last_err = Some(e);
+                }
+                other => return other,
+            }
+        }
+        return Err(last_err.unwrap_or_else(|| Error::config("subnet", "null", "no subnet to try")));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn add_in_subnet(
+    conf: &NetConf,
+    rt: &RuntimeEnv,
+    settings: &Settings,
+    alloc: &Allocator,
+    host: &Netlink,
+    pod_ns: &Netns,
+    owner: &Owner,
+    plan: &policy::Plan,
+    subnet: Subnet,
+    pool: Option<static_macvlan_allocator::MacPool>,
+    ip_req: IpRequest,
+    prev: Option<CniResult>,
+) -> Result<Value, Error> {
+    let netns_path = rt.netns.as_deref().expect("ADD requires CNI_NETNS");
     let mode: netlink::MacvlanMode = subnet.mode.as_str().parse()?;
     let master = master_of(conf, &subnet);
     let master_field = if conf.master.is_some() {
@@ -457,7 +664,7 @@ async fn add(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<Val
         }
     }
     let parent = parent_name(&master, &subnet)?;
-    let mac_req = match (conf.static_mac(&rt.args), mode) {
+    let mac_req = match (plan.mac.as_ref(), mode) {
         // A passthru macvlan always carries its parent's MAC.
         (Some(r), netlink::MacvlanMode::Passthru) => {
             return Err(r.error(
@@ -476,7 +683,13 @@ async fn add(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<Val
         },
     };
 
-    let res = alloc.reserve(&subnet, &owner, ip_req, &mac_req).await?;
+    let sticky = plan.sticky.as_ref().map(|s| StickyHold {
+        key: s.key.clone(),
+        hold: s.hold,
+    });
+    let res = alloc
+        .reserve_sticky(&subnet, owner, ip_req, &mac_req, sticky.as_ref())
+        .await?;
     tracing::debug!(ip = %res.record.ip, state = ?res.record.state, "reserved");
     let mut undo = Undo {
         // A committed reservation found by an idempotent or handed-over ADD is not ours to free.
@@ -485,23 +698,30 @@ async fn add(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<Val
     };
     let setup = async {
         let link = attach(
-            &host, &pod_ns, &subnet, &master, &parent, mode, &res, rt, settings, &mut undo,
+            host, pod_ns, &subnet, &master, &parent, mode, &res, rt, settings, &mut undo,
         )
         .await?;
         alloc.commit(&res).await?;
         Ok::<_, Error>(link)
     }
     .await;
-    let link = match setup {
-        Ok(link) => link,
+    let (link, routes) = match setup {
+        Ok(attached) => attached,
         Err(e) => {
-            undo.run(&alloc, &host, netns_path, &rt.ifname, settings)
+            undo.run(alloc, host, netns_path, &rt.ifname, settings)
                 .await;
             return Err(e);
         }
     };
     tracing::debug!(ip = %res.record.ip, mac = %MacAddr(link.mac), "attached");
-    let ours = result_of(&subnet, res.record.ip, &rt.ifname, link.mac, netns_path);
+    let ours = result_of(
+        &subnet,
+        res.record.ip,
+        &rt.ifname,
+        link.mac,
+        netns_path,
+        &routes,
+    );
     let result = match prev {
         Some(prev) => CniResult::chain_after(prev, ours),
         None => ours,
@@ -521,7 +741,22 @@ async fn attach(
     rt: &RuntimeEnv,
     settings: &Settings,
     undo: &mut Undo,
-) -> Result<netlink::PodLink, Error> {
+) -> Result<(netlink::PodLink, Vec<Route>), Error> {
+    // A secondary attachment (Multus) joins a pod that already has a default route through its
+    // primary network: replacing it would cut the pod off from the cluster, and adding a second
+    // one fails (EEXIST). The subnet's default route is for pods where this is the only network.
+    let mut routes = routes_of(subnet);
+    if routes.iter().any(|r| r.destination.prefix() == 0)
+        && Netlink::open_in(pod_ns)?
+            .has_default_route(res.record.ip.is_ipv6())
+            .await?
+    {
+        routes.retain(|r| r.destination.prefix() != 0);
+        tracing::info!(
+            subnet = %subnet.name,
+            "the pod already has a default route (its primary network); not adding the subnet's"
+        );
+    }
     // Held from making sure the VLAN exists until our macvlan is up on it, so that a DEL on
     // this node cannot find it unused and delete it in between.
     let vlan_lock = if subnet.vlan != 0 {
@@ -545,7 +780,7 @@ async fn attach(
         addresses: vec![
             IpNetwork::new(ip, subnet.cidr.prefix()).expect("prefix of the subnet fits")
         ],
-        routes: routes_of(subnet),
+        routes: routes.clone(),
         dad_timeout: ip.is_ipv6().then_some(DAD_TIMEOUT),
     };
     let link = netlink::setup_pod_macvlan(host, pod_ns, &spec).await?;
@@ -562,7 +797,7 @@ async fn attach(
         host.add_host_route(ip, &shim).await?;
         host.pin_host_neighbour(ip, link.mac, &shim).await?;
     }
-    Ok(link)
+    Ok((link, routes))
 }
 
 async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(), Error> {
@@ -589,11 +824,15 @@ async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(),
     });
     let reads = async {
         let alloc = connect(conf).await?;
-        let (held, subnet) = tokio::join!(
-            alloc.attachment(&owner.pod_uid, &owner.ifname),
-            alloc.get_subnet(&conf.subnet)
-        );
-        Ok::<_, Error>((alloc, held?, subnet.ok()))
+        // Without a subnet in the netconf (rules or the vlan annotation chose it), the record
+        // names it.
+        let (held, subnet) = tokio::join!(alloc.attachment(&owner.pod_uid, &owner.ifname), async {
+            match &conf.subnet {
+                Some(s) => alloc.get_subnet(s).await.ok(),
+                None => None,
+            }
+        });
+        Ok::<_, Error>((alloc, held?, subnet))
     }
     .await;
     if let Some(rx) = links {
@@ -870,8 +1109,10 @@ async fn gc(conf: &NetConf, settings: &Settings) -> Result<(), Error> {
         .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
         .collect();
     let alloc = connect(conf).await?;
-    let (held, subnet) = tokio::join!(alloc.by_node(&conf.node), alloc.get_subnet(&conf.subnet));
-    let (held, subnet) = (held?, subnet.ok());
+    let held = alloc.by_node(&conf.node).await?;
+    // The subnets of released reservations, for the host clean-up (one network's attachments
+    // may be in several subnets when rules or annotations choose them).
+    let mut subnets: std::collections::HashMap<String, Option<Subnet>> = Default::default();
     let mut first_error = None;
     let mut freed = 0usize;
     for res in held {
@@ -880,7 +1121,7 @@ async fn gc(conf: &NetConf, settings: &Settings) -> Result<(), Error> {
         // Only this network's attachments; records without a network name (written before it
         // was recorded) fall back to the subnet.
         let other_network = if o.network.is_empty() {
-            res.record.subnet != conf.subnet
+            conf.subnet.as_deref() != Some(res.record.subnet.as_str())
         } else {
             o.network != conf.name
         };
@@ -894,7 +1135,12 @@ async fn gc(conf: &NetConf, settings: &Settings) -> Result<(), Error> {
             Ok(true) => {
                 freed += 1;
                 tracing::info!(ip = %res.record.ip, owner = %o, "gc: released");
-                if let Some(subnet) = &subnet {
+                let name = &res.record.subnet;
+                if !subnets.contains_key(name) {
+                    let s = alloc.get_subnet(name).await.ok();
+                    subnets.insert(name.clone(), s);
+                }
+                if let Some(Some(subnet)) = subnets.get(name) {
                     host_cleanup(conf, subnet, Some(res.record.ip), settings).await;
                 }
             }
@@ -971,7 +1217,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let rt = RuntimeEnv::from_env(Command::Add, &env).unwrap();
-        ip_request(&conf, &rt, &subnet(|_| {}))
+        ip_request(conf.static_ips(&rt.args), &subnet(|_| {}))
     }
 
     #[test]
@@ -1045,6 +1291,7 @@ mod tests {
             "net1",
             [2, 0, 0, 0, 0, 9],
             Path::new("/ns"),
+            &routes_of(&s),
         );
         let j = r.to_json(CniVersion::V100);
         assert_eq!(j["ips"][0]["address"], "10.1.0.9/24");

@@ -834,3 +834,48 @@ fn ipv6_subnet_across_nodes() {
     c.cni(1, "DEL", &conf, &b, "net1").ok();
     assert!(c.reservations().is_empty());
 }
+
+/// Under Multus the pod already has a default route through its primary network (eth0): a
+/// secondary attachment must neither fail on it (EEXIST) nor replace it, and its result must not
+/// claim a default route it did not install.
+#[test]
+fn a_secondary_attachment_keeps_the_pods_default_route() {
+    let c = Cluster::new(1);
+    c.put_subnet("lan", |_| {});
+    let conf = c.netconf("lan", "1.1.0");
+    let p = Pod::new("multus");
+    let primary = static_macvlan_testkit::netns::NetNs::new("prim").unwrap();
+    static_macvlan_testkit::netns::Veth::pair("eth0", &p.ns, "cni0", &primary).unwrap();
+    p.ns.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"])
+        .unwrap();
+    p.ns.ip(&["route", "add", "default", "via", "192.0.2.1"])
+        .unwrap();
+
+    let r = c.cni(0, "ADD", &conf, &p, "net1").ok().json();
+    let dsts: Vec<&str> = r["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dst"].as_str().unwrap())
+        .collect();
+    assert!(
+        !dsts.contains(&"0.0.0.0/0"),
+        "result claims a default route: {r}"
+    );
+    let default = p.ns.ip(&["route", "show", "default"]).unwrap();
+    assert!(
+        default.contains("via 192.0.2.1 dev eth0") && !default.contains("net1"),
+        "the pod's default route changed: {default}"
+    );
+    c.cni(0, "CHECK", &with_prev(&conf, &r), &p, "net1").ok();
+
+    // A pod with no other network still gets the subnet's default route.
+    let alone = Pod::new("alone");
+    let r = c.cni(0, "ADD", &conf, &alone, "eth0").ok().json();
+    assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0", "{r}");
+    assert!(alone
+        .ns
+        .ip(&["route", "show", "default"])
+        .unwrap()
+        .contains("via 10.230.0.1 dev eth0"));
+}

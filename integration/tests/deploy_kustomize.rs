@@ -1039,7 +1039,7 @@ fn the_installer_writes_private_settings_the_plugin_can_use() {
     let env = env_map(&[("STATIC_MACVLAN_NODE", "node-a")]);
     let conf = parse_netconf(nad_netconf(&node, "lan").to_string().as_bytes(), &env)
         .expect("the plugin reads the NAD netconf with the installed etcd.json");
-    assert_eq!(conf.subnet, "lan");
+    assert_eq!(conf.subnet.as_deref(), Some("lan"));
     assert_eq!(conf.etcd.prefix, prefix);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1224,7 +1224,7 @@ fn primary_cni_mode_writes_a_conflist_the_plugin_reads() {
         &env_map(&[("STATIC_MACVLAN_NODE", "node-a")]),
     )
     .expect("the plugin reads the conflist");
-    assert_eq!(parsed.subnet, subnet);
+    assert_eq!(parsed.subnet.as_deref(), Some(subnet.as_str()));
     assert_eq!(parsed.etcd.endpoints, ["http://127.0.0.1:2379"]);
     // The subnet every pod gets is a sample one (the quickstart's names are the documented ones).
     let samples: BTreeSet<&str> = build("overlays/quickstart")

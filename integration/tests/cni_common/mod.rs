@@ -577,6 +577,51 @@ impl Cluster {
             .expect("read reservations")
     }
 
+    /// Writes the pod mirror of `pod` as the operator does, with `uid` (the pod's own, or another
+    /// to simulate a predecessor's record), `labels` and `annotations`.
+    pub fn put_pod_mirror(
+        &self,
+        pod: &Pod,
+        uid: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) {
+        let map = |pairs: &[(&str, &str)]| -> serde_json::Map<String, Value> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .collect()
+        };
+        let record = json!({
+            "uid": uid,
+            "node": self.node_name(0),
+            "labels": map(labels),
+            "annotations": map(annotations),
+        });
+        let key = self.alloc.keys().pod(&pod.namespace, &pod.name);
+        self.etcd
+            .etcdctl(&["put", &key, &record.to_string()])
+            .expect("put pod mirror");
+    }
+
+    /// Writes AllocationRule `name` with `spec` (camelCase JSON), as the operator mirrors it.
+    pub fn put_rule(&self, name: &str, spec: Value) {
+        let mirrored =
+            json!({"name": name, "uid": format!("uid-{name}"), "generation": 1, "spec": spec});
+        let key = self.alloc.keys().rule(name);
+        self.etcd
+            .etcdctl(&["put", &key, &mirrored.to_string()])
+            .expect("put rule");
+    }
+
+    /// Deletes every AllocationRule.
+    pub fn delete_rules(&self) {
+        let prefix = self.alloc.keys().rules();
+        self.etcd
+            .etcdctl(&["del", "--prefix", &prefix])
+            .expect("delete rules");
+    }
+
     /// The etcd revision (to prove that nothing was written).
     pub fn revision(&self) -> i64 {
         self.rt.block_on(self.etcd.revision()).expect("revision")
