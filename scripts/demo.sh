@@ -113,6 +113,49 @@ show "ip -n db-0 -br addr show net1"
 ip -n "$tag-pod-db-0" -br addr show net1
 ip -n "$tag-pod-db-0" -br link show net1
 
+step "ADD legacy/app-0 on node-b with the original project's annotations (static-ip, static-mac, vlan)"
+# In a cluster the operator mirrors the pod (uid, node, labels, our annotations) into etcd; the
+# plugin reads the mirror, never the API server. Here the demo writes it the way the operator does.
+mirror='{"uid":"uid-app-0","node":"node-b","labels":{"app":"legacy"},"annotations":{"static-ip":"10.230.0.60","static-mac":"02:00:0a:e6:00:3c","vlan":"lan"}}'
+show "etcdctl put /static-macvlan/pods/legacy/app-0 '$mirror'"
+in_lan etcdctl --endpoints http://127.0.0.1:2379 put /static-macvlan/pods/legacy/app-0 "$mirror" >/dev/null
+pod app-0
+cni b "$tag-pod-app-0" ADD c-app-0 eth0 legacy app-0 uid-app-0 | jq -c '{ips: [.ips[].address], mac: .interfaces[0].mac}'
+ip -n "$tag-pod-app-0" -br addr show eth0
+
+step "a sticky AllocationRule: VMs in namespace vms keep their address across re-creation"
+rule=$(cat <<'YAML'
+apiVersion: staticmacvlan.io/v1alpha1
+kind: AllocationRule
+metadata:
+  name: vms-sticky
+spec:
+  priority: 10
+  match: "pod.namespace == 'vms'"
+  subnet: lan
+  sticky:
+    holdSeconds: 300
+YAML
+)
+echo "$rule" | sed 's/^/    /'
+echo "$rule" | in_lan "$operator" apply -f -
+pod vm-1
+cni a "$tag-pod-vm-1" ADD c-vm-1-a net1 vms vm-1 uid-vm-1-a | tee "$work/vm-1.json" | jq -c '{ips: [.ips[].address], mac: .interfaces[0].mac}'
+vm_ip=$(jq -r '.ips[0].address' "$work/vm-1.json")
+vm_mac=$(jq -r '.interfaces[0].mac' "$work/vm-1.json")
+echo "    the VM is deleted: DEL, and its address is held for vms/vm-1"
+cni a "$tag-pod-vm-1" DEL c-vm-1-a net1 vms vm-1 uid-vm-1-a
+in_lan etcdctl --endpoints http://127.0.0.1:2379 get --print-value-only "/static-macvlan/ips/lan/${vm_ip%/*}" | jq -c '{ip, state, sticky}'
+echo "    re-created with a new pod UID on the other node:"
+ip netns del "$tag-pod-vm-1"; netns "$tag-pod-vm-1"
+cni b "$tag-pod-vm-1" ADD c-vm-1-b net1 vms vm-1 uid-vm-1-b | tee "$work/vm-1b.json" | jq -c '{ips: [.ips[].address], mac: .interfaces[0].mac}'
+[ "$(jq -r '.ips[0].address' "$work/vm-1b.json")" = "$vm_ip" ] && [ "$(jq -r '.interfaces[0].mac' "$work/vm-1b.json")" = "$vm_mac" ] \
+  || { echo "the re-created VM did not get $vm_ip / $vm_mac back" >&2; exit 1; }
+echo "    same IP $vm_ip and MAC $vm_mac"
+echo "    a late DEL from the old incarnation frees nothing:"
+cni a "$tag-pod-vm-1" DEL c-vm-1-a net1 vms vm-1 uid-vm-1-a
+in_lan "$operator" ipam who "${vm_ip%/*}" | sed 's/^/    /'
+
 step "a second pod asking for the same address is refused, and nothing is left behind"
 pod thief
 if out=$(cni a "$tag-pod-thief" ADD c-thief net1 demo thief uid-thief ',"runtimeConfig":{"ips":["10.230.0.50/24"]}'); then
@@ -158,6 +201,10 @@ step "a DEL from an old sandbox of db-0 frees nothing; the real DEL frees everyt
 cni b "$tag-pod-db-0" DEL c-db-0-old net1 demo db-0 uid-db-0
 in_lan "$operator" ipam who 10.230.0.50 >/dev/null && echo "    10.230.0.50 still held by demo/db-0"
 cni b "$tag-pod-db-0" DEL c-db-0 net1 demo db-0 uid-db-0
+cni b "$tag-pod-app-0" DEL c-app-0 eth0 legacy app-0 uid-app-0
+cni b "$tag-pod-vm-1" DEL c-vm-1-b net1 vms vm-1 uid-vm-1-b
+# The VM's address stays held for its key until the hold expires; release it now with the CLI.
+in_lan "$operator" ipam release --ip "${vm_ip%/*}" --subnet lan | sed 's/^/    /'
 cni a "$tag-pod-web-0" DEL c-web-0 net1 demo web-0 uid-web-0
 cni a "$tag-pod-web-0" DEL c-web-0 net1 demo web-0 uid-web-0 && echo "    DEL twice is fine"
 left=$(in_lan etcdctl --endpoints http://127.0.0.1:2379 get --prefix --keys-only /static-macvlan/ips/ | sed '/^$/d' | wc -l)
