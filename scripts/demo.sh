@@ -24,9 +24,11 @@ lan="$tag-lan"
 work=$(mktemp -d "/tmp/$tag.XXXXXX")
 namespaces=()
 etcd_pid=""
+metrics_pid=""
 
 cleanup() {
   set +e
+  [ -n "$metrics_pid" ] && kill "$metrics_pid" 2>/dev/null && wait "$metrics_pid" 2>/dev/null
   [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
   for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null; done
   rm -rf "$work"
@@ -76,6 +78,11 @@ export STATIC_MACVLAN_ETCD_ENDPOINTS=http://127.0.0.1:2379
 step "mirror the sample VlanSubnets and MacPool into etcd (what the operator does from kubectl apply)"
 show "static-macvlan-operator apply -f deploy/kustomize/samples/vlansubnets.yaml -f deploy/kustomize/samples/macpool.yaml"
 in_lan "$operator" apply -f deploy/kustomize/samples/vlansubnets.yaml -f deploy/kustomize/samples/macpool.yaml
+
+step "the operator's metrics, served from etcd alone (no Kubernetes API here)"
+show "static-macvlan-operator serve-metrics --metrics-addr 127.0.0.1:9464 &"
+in_lan "$operator" serve-metrics --metrics-addr 127.0.0.1:9464 --interval-seconds 1 2>"$work/metrics.log" &
+metrics_pid=$!
 
 netconf() {
   # $1 = network name; extra JSON members may follow (e.g. runtimeConfig)
@@ -190,6 +197,13 @@ show "static-macvlan-operator ipam show"
 in_lan "$operator" ipam show
 show "static-macvlan-operator ipam who 10.230.0.50"
 in_lan "$operator" ipam who 10.230.0.50
+
+step "Prometheus' view: the operator's /metrics"
+show "curl -s http://127.0.0.1:9464/metrics | grep ^static_macvlan_"
+sleep 1.5
+in_lan curl -sf http://127.0.0.1:9464/metrics | grep -E '^static_macvlan_(subnet_addresses|reservations_(created|released)_total|etcd_up)' | sed 's/^/    /'
+in_lan curl -sf http://127.0.0.1:9464/metrics | grep -q 'static_macvlan_reservations_created_total{subnet="lan"}' \
+  || { echo "the metrics do not count the reservations" >&2; exit 1; }
 
 step "what etcd holds"
 show "etcdctl get --prefix --keys-only /static-macvlan/"

@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use static_macvlan_allocator::{
     Allocator, EtcdConfig, MacAddr, Options, Reservation, DEFAULT_PREFIX,
@@ -43,6 +45,26 @@ pub enum Command {
     /// Inspect and repair address reservations in etcd.
     #[command(subcommand)]
     Ipam(IpamCommand),
+    /// Serve /metrics, /healthz and /readyz from etcd alone, without a Kubernetes API:
+    /// reservations created and released (from the etcd watch) and subnet usage. For sites that
+    /// run the plugin without the controller, and for the local demo.
+    ServeMetrics(ServeMetricsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeMetricsArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Address to serve on.
+    #[arg(
+        long,
+        env = "STATIC_MACVLAN_METRICS_ADDR",
+        default_value = "0.0.0.0:9464"
+    )]
+    pub metrics_addr: std::net::SocketAddr,
+    /// How often subnet usage is counted.
+    #[arg(long, default_value_t = 10)]
+    pub interval_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +246,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Ipam(IpamCommand::Show(a)) => show(&a, out).await,
         Command::Ipam(IpamCommand::Who(a)) => who(&a, out).await,
         Command::Ipam(IpamCommand::Release(a)) => release(&a, out).await,
+        Command::ServeMetrics(a) => {
+            let alloc = a.etcd.connect().await?;
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let every = Duration::from_secs(a.interval_seconds.max(1));
+            crate::etcdonly::serve(alloc, a.metrics_addr, every, stop).await
+        }
     }
 }
 

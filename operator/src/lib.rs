@@ -28,6 +28,7 @@ pub mod controller;
 pub mod crd;
 pub mod endpoints;
 pub mod error;
+pub mod etcdonly;
 pub mod etcdwatch;
 pub mod gc;
 pub mod ipam;

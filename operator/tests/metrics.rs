@@ -221,3 +221,90 @@ async fn metrics_endpoint_and_reservation_counters() {
         .unwrap()
         .unwrap();
 }
+
+/// `serve-metrics`: the real binary, with etcd and no Kubernetes API at all.
+#[tokio::test]
+async fn serve_metrics_works_from_etcd_alone() {
+    let f = Fixture::new();
+    let alloc = f.allocator().await;
+    let lan = alloc
+        .put_subnet(&Mirrored {
+            name: "lan".into(),
+            uid: None,
+            generation: None,
+            spec: SubnetConfig {
+                master: "eth0".into(),
+                cidr: "10.230.0.0/24".into(),
+                gateway: Some("10.230.0.1".into()),
+                ..Default::default()
+            },
+        })
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let endpoint = f.etcd.endpoint();
+    let child = std::process::Command::new(common::BIN)
+        .args([
+            "serve-metrics",
+            "--etcd-endpoints",
+            endpoint.as_str(),
+            "--prefix",
+            f.prefix.as_str(),
+            "--metrics-addr",
+            &addr.to_string(),
+            "--interval-seconds",
+            "1",
+        ])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await,
+        "serve-metrics never listened"
+    );
+    let o = Owner {
+        pod_uid: "u1".into(),
+        namespace: "default".into(),
+        pod: "web-0".into(),
+        container_id: "c1".into(),
+        ifname: "net1".into(),
+        node: "node-a".into(),
+        network: String::new(),
+    };
+    let r = alloc
+        .reserve(&lan, &o, IpRequest::Auto, &MacRequest::None)
+        .await
+        .unwrap();
+    alloc.commit(&r).await.unwrap();
+    let counted = eventually(Duration::from_secs(10), || async {
+        let (code, body) = get(addr, "/metrics").await;
+        let s = samples(&body);
+        let value = |name: &str| s.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        code == 200
+            && value(r#"static_macvlan_reservations_created_total{subnet="lan"}"#) == Some(1.0)
+            && value(r#"static_macvlan_subnet_addresses{subnet="lan",state="used"}"#) == Some(1.0)
+            && value("static_macvlan_etcd_up") == Some(1.0)
+    })
+    .await;
+    assert!(counted, "{}", get(addr, "/metrics").await.1);
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+}
