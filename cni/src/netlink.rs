@@ -900,6 +900,15 @@ impl Netlink {
     /// # Errors
     /// [`NetError::Netlink`] when the dump fails.
     pub async fn has_default_route(&self, v6: bool) -> Result<bool, NetError> {
+        Ok(self
+            .main_routes(v6)
+            .await?
+            .iter()
+            .any(|m| m.header.destination_prefix_length == 0))
+    }
+
+    /// The main table's routes of one family.
+    async fn main_routes(&self, v6: bool) -> Result<Vec<RouteMessage>, NetError> {
         let msg = if v6 {
             RouteMessageBuilder::<Ipv6Addr>::new().build()
         } else {
@@ -913,32 +922,16 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| netlink_error("list routes", e))?;
-        Ok(dump.iter().any(|m| {
-            route_table(m) == u32::from(RouteHeader::RT_TABLE_MAIN)
-                && m.header.destination_prefix_length == 0
-        }))
+        Ok(dump
+            .into_iter()
+            .filter(|m| route_table(m) == u32::from(RouteHeader::RT_TABLE_MAIN))
+            .collect())
     }
 
     async fn route_messages(&self, index: u32) -> Result<Vec<RouteMessage>, NetError> {
-        let mut routes = Vec::new();
-        for msg in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ] {
-            let dump: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(msg)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| netlink_error("list routes", e))?;
-            routes.extend(
-                dump.into_iter()
-                    .filter(|m| route_table(m) == u32::from(RouteHeader::RT_TABLE_MAIN))
-                    .filter(|m| route_oif(m) == Some(index)),
-            );
-        }
+        let mut routes = self.main_routes(false).await?;
+        routes.extend(self.main_routes(true).await?);
+        routes.retain(|m| route_oif(m) == Some(index));
         Ok(routes)
     }
 
