@@ -11,7 +11,7 @@
 //! 2. the node-local etcd file: netconf `etcdConfigFile`, else `$STATIC_MACVLAN_ETCD_CONFIG`,
 //!    else [`DEFAULT_ETCD_CONFIG_FILE`] when it exists (written by the installer DaemonSet);
 //! 3. the environment: `STATIC_MACVLAN_ETCD_ENDPOINTS` (comma-separated),
-//!    `STATIC_MACVLAN_ETCD_PREFIX`, `STATIC_MACVLAN_NODE`;
+//!    `STATIC_MACVLAN_PREFIX` (or `STATIC_MACVLAN_ETCD_PREFIX`), `STATIC_MACVLAN_NODE`;
 //! 4. the netconf itself (`etcd`, `nodeName`, `master`, `pendingTTL`).
 //!
 //! The `config` crate is not used for this: it folds keys to lowercase (our files are camelCase:
@@ -829,12 +829,13 @@ fn etcd_config(root: &Obj<'_>, env: &EnvMap) -> Result<EtcdConfig, Error> {
             Origin::Env("STATIC_MACVLAN_ETCD_ENDPOINTS"),
         );
     }
-    if let Some(p) = env
-        .get("STATIC_MACVLAN_ETCD_PREFIX")
-        .filter(|p| !p.is_empty())
-    {
-        merged.insert("prefix".into(), p.clone().into());
-        origin.insert("prefix".into(), Origin::Env("STATIC_MACVLAN_ETCD_PREFIX"));
+    // STATIC_MACVLAN_PREFIX is the name the operator and the installer use; the plugin's older
+    // STATIC_MACVLAN_ETCD_PREFIX still works and wins when both are set.
+    for name in ["STATIC_MACVLAN_PREFIX", "STATIC_MACVLAN_ETCD_PREFIX"] {
+        if let Some(p) = env.get(name).filter(|p| !p.is_empty()) {
+            merged.insert("prefix".into(), p.clone().into());
+            origin.insert("prefix".into(), Origin::Env(name));
+        }
     }
 
     // Layer 4: the netconf.
@@ -1132,6 +1133,25 @@ mod tests {
         let e = env(&[("STATIC_MACVLAN_ETCD_CONFIG", &file.display().to_string())]);
         let err = parse_netconf(v.to_string().as_bytes(), &e).unwrap_err();
         assert_eq!(err.code(), 6, "{err}");
+    }
+
+    #[test]
+    fn prefix_from_either_environment_name() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("etcd");
+        v["etcd"] = json!({"endpoints": ["http://10.0.0.1:2379"]});
+        let c = parse_netconf(
+            v.to_string().as_bytes(),
+            &env(&[("STATIC_MACVLAN_PREFIX", "/ops")]),
+        )
+        .unwrap();
+        assert_eq!(c.etcd.prefix, "/ops");
+        let both = env(&[
+            ("STATIC_MACVLAN_PREFIX", "/ops"),
+            ("STATIC_MACVLAN_ETCD_PREFIX", "/plugin"),
+        ]);
+        let c = parse_netconf(v.to_string().as_bytes(), &both).unwrap();
+        assert_eq!(c.etcd.prefix, "/plugin");
     }
 
     #[test]
