@@ -60,7 +60,9 @@ for n in a b; do
 done
 
 step "etcd inside the LAN namespace at http://10.230.0.1:2379 (data in $work)"
-in_lan etcd --name demo --data-dir "$work/etcd" \
+# Started without the in_lan function, so that $! is etcd itself (a function would run in a
+# subshell, and killing that would leave etcd running).
+ip netns exec "$lan" etcd --name demo --data-dir "$work/etcd" \
   --listen-client-urls http://10.230.0.1:2379,http://127.0.0.1:2379 \
   --advertise-client-urls http://10.230.0.1:2379 \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
@@ -81,7 +83,7 @@ in_lan "$operator" apply -f deploy/kustomize/samples/vlansubnets.yaml -f deploy/
 
 step "the operator's metrics, served from etcd alone (no Kubernetes API here)"
 show "static-macvlan-operator serve-metrics --metrics-addr 127.0.0.1:9464 &"
-in_lan "$operator" serve-metrics --metrics-addr 127.0.0.1:9464 --interval-seconds 1 2>"$work/metrics.log" &
+ip netns exec "$lan" "$operator" serve-metrics --metrics-addr 127.0.0.1:9464 --interval-seconds 1 2>"$work/metrics.log" &
 metrics_pid=$!
 
 netconf() {
