@@ -742,6 +742,21 @@ mod tests {
     }
 
     #[test]
+    fn modes_parse_print_and_serialize() {
+        for mode in MacvlanMode::ALL {
+            assert_eq!(mode.as_str().parse::<MacvlanMode>().unwrap(), mode);
+            assert_eq!(mode.to_string(), mode.as_str());
+            let json = serde_json::to_string(&mode).unwrap();
+            assert_eq!(json, format!("\"{mode}\""));
+            assert_eq!(serde_json::from_str::<MacvlanMode>(&json).unwrap(), mode);
+        }
+        assert_eq!(MacvlanMode::default(), MacvlanMode::Bridge);
+        let err = "passthrough".parse::<MacvlanMode>().unwrap_err();
+        assert!(err.to_string().contains("\"passthrough\""), "{err}");
+        assert!(serde_json::from_str::<MacvlanMode>("\"Bridge\"").is_err());
+    }
+
+    #[test]
     fn whole_cidr_minus_network_broadcast_gateway() {
         let s = subnet(|_| {}).unwrap();
         assert_eq!(s.capacity(), 253);

@@ -193,7 +193,6 @@ impl Error {
                 | NetError::MtuTooLarge { .. }
                 | NetError::PassthruMac { .. }
                 | NetError::InvalidVlanId { .. }
-                | NetError::UnknownMode { .. }
                 | NetError::InvalidRoute { .. } => code::INVALID_CONFIG,
                 NetError::LinkNotFound { .. }
                 | NetError::Netns { .. }
@@ -475,7 +474,6 @@ mod tests {
                 7,
             ),
             (NetError::InvalidVlanId { vlan_id: 0 }, 7),
-            (NetError::UnknownMode { value: "x".into() }, 7),
             (
                 NetError::VlanUnsupported {
                     name: "eth0.5".into(),
@@ -657,7 +655,6 @@ mod tests {
                     NetError::MtuTooLarge { .. } => "MtuTooLarge",
                     NetError::PassthruMac { .. } => "PassthruMac",
                     NetError::InvalidVlanId { .. } => "InvalidVlanId",
-                    NetError::UnknownMode { .. } => "UnknownMode",
                     NetError::VlanUnsupported { .. } => "VlanUnsupported",
                     NetError::LinkConflict { .. } => "LinkConflict",
                     NetError::InvalidRoute { .. } => "InvalidRoute",
@@ -689,8 +686,8 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len(), "a variant is listed twice");
-        // 10 own variants (Alloc, Net and Rule counted through their inner enums) + 16 + 15 + 5.
-        assert_eq!(names.len(), 10 + 16 + 15 + 5, "{names:?}");
+        // 10 own variants (Alloc, Net and Rule counted through their inner enums) + 16 + 14 + 5.
+        assert_eq!(names.len(), 10 + 16 + 14 + 5, "{names:?}");
     }
 
     #[test]

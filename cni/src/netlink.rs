@@ -24,7 +24,6 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
@@ -86,10 +85,6 @@ pub enum NetError {
     /// VLAN ids 0 and 4095 are reserved by 802.1q.
     #[error("invalid vlan id {vlan_id}: must be between 1 and 4094")]
     InvalidVlanId { vlan_id: u16 },
-
-    /// Not one of bridge, vepa, private, passthru.
-    #[error("unknown macvlan mode {value:?}: expected bridge, vepa, private or passthru")]
-    UnknownMode { value: String },
 
     /// The kernel cannot create 802.1q links (no `8021q` module).
     #[error("create vlan {name}: the kernel has no 802.1q vlan support (load the 8021q module)")]
@@ -175,87 +170,25 @@ fn netlink_error(op: impl Into<String>, err: rtnetlink::Error) -> NetError {
     }
 }
 
-/// The macvlan mode of a pod interface (per subnet).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-#[serde(try_from = "String", into = "String")]
-pub enum MacvlanMode {
-    /// Macvlans on one parent reach each other directly (the default).
-    #[default]
-    Bridge,
-    /// All traffic goes out to the switch, even between macvlans of one parent (needs hairpin).
-    Vepa,
-    /// Like vepa, but macvlans of one parent never reach each other.
-    Private,
-    /// One macvlan takes over the parent (SR-IOV VFs); it gets the parent's MAC.
-    Passthru,
-}
+pub use static_macvlan_allocator::MacvlanMode;
 
-impl MacvlanMode {
-    /// Every mode, in documentation order.
-    pub const ALL: [MacvlanMode; 4] = [Self::Bridge, Self::Vepa, Self::Private, Self::Passthru];
-
-    /// The configuration spelling: `bridge`, `vepa`, `private`, `passthru`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Bridge => "bridge",
-            Self::Vepa => "vepa",
-            Self::Private => "private",
-            Self::Passthru => "passthru",
-        }
-    }
-
-    fn to_kernel(self) -> MacVlanMode {
-        match self {
-            Self::Bridge => MacVlanMode::Bridge,
-            Self::Vepa => MacVlanMode::Vepa,
-            Self::Private => MacVlanMode::Private,
-            Self::Passthru => MacVlanMode::Passthrough,
-        }
-    }
-
-    fn from_kernel(mode: MacVlanMode) -> Option<Self> {
-        match mode {
-            MacVlanMode::Bridge => Some(Self::Bridge),
-            MacVlanMode::Vepa => Some(Self::Vepa),
-            MacVlanMode::Private => Some(Self::Private),
-            MacVlanMode::Passthrough => Some(Self::Passthru),
-            _ => None,
-        }
+/// The kernel's name for a mode.
+fn mode_to_kernel(mode: MacvlanMode) -> MacVlanMode {
+    match mode {
+        MacvlanMode::Bridge => MacVlanMode::Bridge,
+        MacvlanMode::Vepa => MacVlanMode::Vepa,
+        MacvlanMode::Private => MacVlanMode::Private,
+        MacvlanMode::Passthru => MacVlanMode::Passthrough,
     }
 }
 
-impl fmt::Display for MacvlanMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for MacvlanMode {
-    type Err = NetError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| NetError::UnknownMode {
-                value: s.to_string(),
-            })
-    }
-}
-
-impl TryFrom<String> for MacvlanMode {
-    type Error = NetError;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<MacvlanMode> for String {
-    fn from(mode: MacvlanMode) -> Self {
-        mode.as_str().to_string()
+fn mode_from_kernel(mode: MacVlanMode) -> Option<MacvlanMode> {
+    match mode {
+        MacVlanMode::Bridge => Some(MacvlanMode::Bridge),
+        MacVlanMode::Vepa => Some(MacvlanMode::Vepa),
+        MacVlanMode::Private => Some(MacvlanMode::Private),
+        MacVlanMode::Passthrough => Some(MacvlanMode::Passthru),
+        _ => None,
     }
 }
 
@@ -306,7 +239,7 @@ impl Link {
                             LinkInfo::Data(InfoData::MacVlan(data)) => {
                                 for d in data {
                                     if let InfoMacVlan::Mode(mode) = d {
-                                        link.macvlan_mode = MacvlanMode::from_kernel(mode);
+                                        link.macvlan_mode = mode_from_kernel(mode);
                                     }
                                 }
                             }
@@ -425,7 +358,7 @@ pub struct NewMacvlan {
 /// Builds the `RTM_NEWLINK` message for `spec`, created directly in the namespace of
 /// `netns_fd` when given (`IFLA_NET_NS_FD`).
 pub fn build_macvlan_message(spec: &NewMacvlan, netns_fd: Option<RawFd>) -> LinkMessage {
-    let mut builder = LinkMacVlan::new(&spec.name, spec.parent_index, spec.mode.to_kernel());
+    let mut builder = LinkMacVlan::new(&spec.name, spec.parent_index, mode_to_kernel(spec.mode));
     if let Some(mac) = spec.mac {
         builder = builder.address(mac.to_vec());
     }
@@ -1685,21 +1618,10 @@ mod tests {
     }
 
     #[test]
-    fn modes_parse_and_print() {
+    fn modes_map_to_the_kernel_and_back() {
         for mode in MacvlanMode::ALL {
-            assert_eq!(mode.as_str().parse::<MacvlanMode>().unwrap(), mode);
-            assert_eq!(mode.to_string(), mode.as_str());
-            assert_eq!(MacvlanMode::from_kernel(mode.to_kernel()), Some(mode));
+            assert_eq!(mode_from_kernel(mode_to_kernel(mode)), Some(mode));
         }
-        assert_eq!(MacvlanMode::default(), MacvlanMode::Bridge);
-        let err = "passthrough".parse::<MacvlanMode>().unwrap_err();
-        assert!(matches!(&err, NetError::UnknownMode { value } if value == "passthrough"));
-        assert!(err.to_string().contains("\"passthrough\""), "{err}");
-        let mode: MacvlanMode = serde_json::from_str("\"vepa\"").unwrap();
-        assert_eq!(mode, MacvlanMode::Vepa);
-        assert_eq!(serde_json::to_string(&mode).unwrap(), "\"vepa\"");
-        let err = serde_json::from_str::<MacvlanMode>("\"Bridge\"").unwrap_err();
-        assert!(err.to_string().contains("\"Bridge\""), "{err}");
     }
 
     #[test]

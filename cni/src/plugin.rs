@@ -637,7 +637,7 @@ async fn add_in_subnet(
     prev: Option<CniResult>,
 ) -> Result<Value, Error> {
     let netns_path = rt.netns.as_deref().expect("ADD requires CNI_NETNS");
-    let mode: netlink::MacvlanMode = subnet.mode.as_str().parse()?;
+    let mode = subnet.mode;
     let master = master_of(conf, &subnet);
     let master_field = if conf.master.is_some() {
         "master".to_string()
