@@ -170,3 +170,34 @@ async fn mirrors_pods_that_use_our_networks() {
     assert!(followed, "keys: {:?}, db-1: {:?}", f.keys(), record("db-1"));
     task.abort();
 }
+
+/// The operator writes the pod mirror and the plugin reads it with the allocator's own type:
+/// what one writes the other must read, field for field.
+#[test]
+fn the_plugin_reads_what_the_operator_writes() {
+    let written = PodRecord {
+        uid: "7c1e".into(),
+        node: Some("node-a".into()),
+        labels: [("app".to_string(), "db".to_string())].into(),
+        annotations: [
+            ("static-ip".to_string(), "10.230.0.60".to_string()),
+            ("vlan".to_string(), "lan".to_string()),
+        ]
+        .into(),
+        networks: vec![static_macvlan_operator::podmirror::NetworkSelection {
+            name: "lan".into(),
+            namespace: "default".into(),
+            interface: Some("net1".into()),
+            ips: vec!["10.230.0.60/24".into()],
+            mac: None,
+        }],
+    };
+    let json = serde_json::to_string(&written).unwrap();
+    let read: static_macvlan_allocator::model::PodRecord = serde_json::from_str(&json).unwrap();
+    assert_eq!(read.uid, written.uid);
+    assert_eq!(read.node, written.node);
+    assert_eq!(read.labels, written.labels);
+    assert_eq!(read.annotations, written.annotations);
+    assert_eq!(read.networks.len(), 1);
+    assert_eq!(read.networks[0]["interface"], "net1");
+}
