@@ -11,6 +11,7 @@
 //! At 90 % occupancy a 48-address window still has a free address with probability 1 - 0.9^48.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +46,11 @@ pub struct Options {
     pub max_attempts: u32,
     /// Upper bound on one etcd call, on top of the client's own timeout.
     pub request_timeout: Duration,
+    /// A file through which short-lived processes on one host (the plugin's invocations) share
+    /// the pending lease, as one long-lived allocator shares it between its reservations: one
+    /// grant, a write that etcd syncs to disk, serves every ADD of the next quarter TTL. The
+    /// caller names one file per etcd cluster. `None`: the lease lives in this allocator only.
+    pub lease_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -55,6 +61,7 @@ impl Default for Options {
             sampled_windows: 8,
             max_attempts: 100,
             request_timeout: Duration::from_secs(6),
+            lease_file: None,
         }
     }
 }
@@ -100,6 +107,70 @@ pub struct Usage {
 struct PendingLease {
     id: i64,
     granted: Instant,
+}
+
+/// The pending lease as shared through [`Options::lease_file`]: its ID, when it was granted
+/// (wall clock, as processes share no monotonic clock) and for which TTL.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SharedLease {
+    id: String,
+    granted_unix_ms: u64,
+    ttl_seconds: u64,
+}
+
+impl SharedLease {
+    /// The lease in `file`, if it was granted for `ttl` less than a quarter of `ttl` ago. A
+    /// missing, unreadable or foreign file, or a clock that went back, means none.
+    fn load(file: &Path, ttl: Duration) -> Option<PendingLease> {
+        let shared: SharedLease = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
+        if shared.ttl_seconds != ttl.as_secs() {
+            return None;
+        }
+        let granted = UNIX_EPOCH.checked_add(Duration::from_millis(shared.granted_unix_ms))?;
+        let age = SystemTime::now().duration_since(granted).ok()?;
+        if age >= ttl / 4 {
+            return None;
+        }
+        Some(PendingLease {
+            id: i64::from_str_radix(&shared.id, 16).ok()?,
+            granted: Instant::now().checked_sub(age)?,
+        })
+    }
+
+    /// Publishes a lease granted now: written aside and renamed, so readers see all or nothing.
+    fn store(file: &Path, id: i64, ttl: Duration) -> std::io::Result<()> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(std::io::Error::other)?;
+        let shared = SharedLease {
+            id: format!("{id:x}"),
+            granted_unix_ms: u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
+            ttl_seconds: ttl.as_secs(),
+        };
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let aside = file.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(
+            &aside,
+            serde_json::to_vec(&shared).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&aside, file).inspect_err(|_| {
+            let _ = std::fs::remove_file(&aside);
+        })
+    }
+
+    /// Removes `file` if it still names lease `id`, which etcd no longer knows.
+    fn forget(file: &Path, id: i64) {
+        let named = std::fs::read(file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SharedLease>(&b).ok())
+            .is_some_and(|s| s.id == format!("{id:x}"));
+        if named {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }
 
 /// Handle to the reservations under one prefix. Cheap to clone; clones share the connection and
@@ -404,6 +475,16 @@ impl Allocator {
                 return Ok(l.id);
             }
         }
+        if let Some(l) = self
+            .opts
+            .lease_file
+            .as_deref()
+            .and_then(|f| SharedLease::load(f, self.opts.pending_ttl))
+        {
+            let id = l.id;
+            *slot = Some(l);
+            return Ok(id);
+        }
         let ttl = self.opts.pending_ttl.as_secs().max(1) as i64;
         let mut lc = self.client.lease_client();
         let op = "grant pending lease";
@@ -418,6 +499,11 @@ impl Allocator {
             id: resp.id(),
             granted: Instant::now(),
         });
+        if let Some(f) = &self.opts.lease_file {
+            if let Err(e) = SharedLease::store(f, resp.id(), self.opts.pending_ttl) {
+                tracing::debug!(file = %f.display(), error = %e, "cannot share the pending lease");
+            }
+        }
         Ok(resp.id())
     }
 
@@ -821,6 +907,9 @@ impl Allocator {
             // The shared lease may have been revoked or expired since it was cached.
             Err(Error::Etcd { source, .. }) if source.to_string().contains("lease not found") => {
                 *self.lease.lock().await = None;
+                if let Some(f) = &self.opts.lease_file {
+                    SharedLease::forget(f, lease);
+                }
                 return Ok(None);
             }
             Err(e) => return Err(e),

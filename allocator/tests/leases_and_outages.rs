@@ -218,3 +218,97 @@ async fn reserve_over_tls_and_wrong_ca_fails_clearly() {
         .expect("missing CA file");
     assert!(err.to_string().contains("etcd.caFile"), "{err}");
 }
+
+/// The pending lease as separate processes share it through `Options::lease_file`: a fresh one
+/// is reused without a grant; a revoked, stale, garbled or other-TTL one is replaced.
+#[tokio::test]
+async fn pending_lease_shared_through_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("leases").join("cluster.json");
+    let opts = |ttl: u64| Options {
+        lease_file: Some(file.clone()),
+        ..short_ttl(ttl)
+    };
+    let f = fixture(opts(60)).await;
+    let lan = put_subnet(
+        &f.alloc,
+        "lan",
+        subnet_config("10.230.0.0/24", "10.230.0.1", vec![]),
+    )
+    .await;
+    // Each allocator stands for one plugin process.
+    let reserve = |i: usize, ttl: u64| {
+        let (cfg, lan) = (f.cfg.clone(), lan.clone());
+        let opts = opts(ttl);
+        async move {
+            let alloc = Allocator::connect(&cfg, opts).await.unwrap();
+            let r = alloc
+                .reserve(&lan, &owner(i), IpRequest::Auto, &MacRequest::None)
+                .await
+                .unwrap();
+            i64::from_str_radix(r.record.lease.as_deref().unwrap(), 16).unwrap()
+        }
+    };
+    let leases = || async {
+        let c = f.etcd.client().await.unwrap();
+        let mut ids: Vec<i64> = c
+            .lease_client()
+            .leases()
+            .await
+            .unwrap()
+            .leases()
+            .iter()
+            .map(|l| l.id())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let named = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&file).expect("lease file")).unwrap()
+    };
+
+    let first = reserve(1, 60).await;
+    assert_eq!(named()["id"], format!("{first:x}"));
+    assert_eq!(named()["ttlSeconds"], 60);
+    assert_eq!(
+        reserve(2, 60).await,
+        first,
+        "a fresh shared lease is reused"
+    );
+    assert_eq!(
+        leases().await,
+        vec![first],
+        "and no second lease is granted"
+    );
+
+    // Revoked (etcd restored, or an operator's cleanup): the claim fails, the file is dropped,
+    // a new lease is granted and published, and the reservation succeeds.
+    let c = f.etcd.client().await.unwrap();
+    c.lease_client().revoke(first).await.unwrap();
+    let second = reserve(3, 60).await;
+    assert_ne!(second, first);
+    assert_eq!(named()["id"], format!("{second:x}"));
+    assert!(f.alloc.attachment("uid-1", "net1").await.unwrap().is_none());
+
+    // Another TTL does not take it.
+    let other_ttl = reserve(4, 30).await;
+    assert_ne!(other_ttl, second);
+    assert_eq!(named()["ttlSeconds"], 30);
+
+    // Older than a quarter of the TTL: a reservation under it could not count on 3/4 of it.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let stale = serde_json::json!({"id": format!("{second:x}"), "grantedUnixMs": now_ms - 16_000, "ttlSeconds": 60});
+    std::fs::write(&file, stale.to_string()).unwrap();
+    let after_stale = reserve(5, 60).await;
+    assert_ne!(after_stale, second);
+
+    // Garbage is ignored and replaced.
+    std::fs::write(&file, "not json").unwrap();
+    let after_garbage = reserve(6, 60).await;
+    assert_ne!(after_garbage, after_stale);
+    assert_eq!(named()["id"], format!("{after_garbage:x}"));
+    assert_eq!(reserve(7, 60).await, after_garbage);
+}

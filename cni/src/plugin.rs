@@ -196,6 +196,28 @@ async fn connect(conf: &NetConf) -> Result<Allocator, Error> {
     Ok(Allocator::connect(&conf.etcd, opts).await?)
 }
 
+/// As [`connect`], for an ADD: the pending lease is shared with the node's other invocations
+/// through a file in the run dir, one per etcd cluster (named after its endpoints), so that
+/// most ADDs find a lease and skip the grant, a write etcd syncs to disk.
+async fn connect_for_add(conf: &NetConf, settings: &Settings) -> Result<Allocator, Error> {
+    use std::hash::{Hash, Hasher};
+    let mut endpoints = conf.etcd.endpoints.clone();
+    endpoints.sort();
+    let mut h = std::hash::DefaultHasher::new();
+    endpoints.hash(&mut h);
+    let opts = Options {
+        pending_ttl: conf.pending_ttl,
+        lease_file: Some(
+            settings
+                .run_dir
+                .join("leases")
+                .join(format!("{:016x}.json", h.finish())),
+        ),
+        ..Options::default()
+    };
+    Ok(Allocator::connect(&conf.etcd, opts).await?)
+}
+
 /// Opens `CNI_NETNS`; a path that does not exist is the runtime's error (code 4).
 fn open_netns(path: &Path) -> Result<Netns, Error> {
     match Netns::open(path) {
@@ -501,7 +523,7 @@ async fn add(
         .map(CniResult::from_json)
         .transpose()?;
     let host = Netlink::open()?;
-    let alloc = connect(conf).await?;
+    let alloc = connect_for_add(conf, settings).await?;
     // One round trip's time for all the reads: the netconf's subnet (and MAC pools), the pending
     // lease, the rules and the pod mirror go out together on the one connection.
     let (loaded, lease, rules, record) = tokio::join!(
@@ -522,6 +544,7 @@ async fn add(
         read_mirror(&alloc, rt),
     );
     lease?;
+    tracing::debug!("read configuration");
     let rules = rules?;
     let rules = RuleSet::from_mirrored(&rules).map_err(|source| Error::Rule {
         source,
@@ -702,6 +725,7 @@ async fn add_in_subnet(
         )
         .await?;
         alloc.commit(&res).await?;
+        tracing::debug!("committed");
         Ok::<_, Error>(link)
     }
     .await;
