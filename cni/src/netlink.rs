@@ -54,6 +54,7 @@ pub const DEFAULT_LOCK_DIR: &str = "/run/static-macvlan/locks";
 pub const TEMP_NAME_PREFIX: &str = "smv";
 
 const ENODEV: i32 = nix::libc::ENODEV;
+const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
 const EEXIST: i32 = nix::libc::EEXIST;
 const ESRCH: i32 = nix::libc::ESRCH;
 const ENOENT: i32 = nix::libc::ENOENT;
@@ -733,6 +734,29 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| netlink_error(format!("list addresses of link #{index}"), e))
+    }
+
+    /// Removes every address of link `index`; an address gone meanwhile is fine. Unlike
+    /// taking the link down or deleting it, this does not wait for the kernel's RCU grace
+    /// period: once it returns, nothing in the namespace answers for those addresses.
+    ///
+    /// # Errors
+    /// [`NetError::Netlink`].
+    pub async fn flush_addresses(&self, index: u32) -> Result<(), NetError> {
+        for msg in self.address_messages(index).await? {
+            let shown = address_of(&msg).map(|a| a.to_string()).unwrap_or_default();
+            match self.handle.address().del(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => {}
+                Err(e) => {
+                    return Err(netlink_error(
+                        format!("remove address {shown} from link #{index}"),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The addresses of link `index` (IPv6 link-local ones included), with prefix lengths.

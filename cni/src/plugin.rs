@@ -826,13 +826,17 @@ async fn attach(
 
 async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(), Error> {
     let owner = rt.owner(&conf.node, &conf.name)?;
-    // The link first: its address must be gone from the LAN before it can be handed out again.
-    // A link that cannot be deleted fails DEL with nothing released, and the runtime retries.
-    // Deleting a link blocks the calling thread in the kernel for ~20 ms, so it runs on a thread
-    // of its own while this one reads from etcd; the release waits for it.
+    // The pod's addresses must be gone from the LAN before they can be handed out again, and
+    // deleting a link blocks the calling thread in the kernel for ~20 ms (an RCU grace period).
+    // So a thread of its own first removes the addresses from the pod's link (fast) and says so,
+    // then deletes the links; meanwhile this one reads from etcd, and releases as soon as the
+    // addresses are gone, while the kernel is still deleting. An address that cannot be removed
+    // fails DEL with nothing released, and the runtime retries; a link that cannot be deleted
+    // fails DEL too (its addresses are gone by then), and the retry deletes it.
     let links = rt.netns.clone().map(|ns| {
         let ifname = rt.ifname.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (silenced_tx, silenced_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -841,11 +845,15 @@ async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(),
                     op: "start runtime for link removal".into(),
                     source,
                 })
-                .and_then(|rt| rt.block_on(remove_pod_links(&ns, &ifname)));
-            let _ = tx.send(result);
+                .and_then(|rt| rt.block_on(remove_pod_links(&ns, &ifname, silenced_tx)));
+            let _ = done_tx.send(result);
         });
-        rx
+        (silenced_rx, done_rx)
     });
+    let link_thread_gone = || Error::Io {
+        op: "remove pod links".into(),
+        source: io::Error::other("link removal thread ended without an answer"),
+    };
     let reads = async {
         let alloc = connect(conf).await?;
         // Without a subnet in the netconf (rules or the vlan annotation chose it), the record
@@ -859,14 +867,17 @@ async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(),
         Ok::<_, Error>((alloc, held?, subnet))
     }
     .await;
-    if let Some(rx) = links {
-        rx.await.unwrap_or_else(|_| {
-            Err(Error::Io {
-                op: "remove pod links".into(),
-                source: io::Error::other("link removal thread ended without an answer"),
-            })
-        })?;
-    }
+    let deleting = match links {
+        None => None,
+        Some((silenced, done)) => match silenced.await {
+            Ok(()) => Some(done),
+            // Nothing to silence, or it failed: the thread's outcome says which.
+            Err(_) => {
+                done.await.unwrap_or_else(|_| Err(link_thread_gone()))?;
+                None
+            }
+        },
+    };
     let (alloc, held, subnet) = reads?;
     let released = match held {
         None => Released::NotHeld,
@@ -899,6 +910,9 @@ async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(),
     if let Some(subnet) = subnet {
         host_cleanup(conf, &subnet, freed_ip, settings).await;
     }
+    if let Some(done) = deleting {
+        done.await.unwrap_or_else(|_| Err(link_thread_gone()))?;
+    }
     Ok(())
 }
 
@@ -911,7 +925,14 @@ fn is_temp_name(name: &str) -> bool {
 /// Deletes the pod's macvlan `ifname` and what an ADD killed half-way may have left: a macvlan
 /// still under its temporary name (always down: ADD renames before it brings a link up). A
 /// missing namespace or link is fine; a link of that name that is not a macvlan is not ours.
-async fn remove_pod_links(netns: &Path, ifname: &str) -> Result<(), Error> {
+///
+/// Sends on `silenced` once the pod link has no address left, before the slow deletions; drops it
+/// unsent when there is nothing to silence or on an error (the result says which).
+async fn remove_pod_links(
+    netns: &Path,
+    ifname: &str,
+    silenced: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), Error> {
     let ns = match Netns::open(netns) {
         Ok(ns) => ns,
         Err(NetError::Netns { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -920,12 +941,25 @@ async fn remove_pod_links(netns: &Path, ifname: &str) -> Result<(), Error> {
         Err(e) => return Err(e.into()),
     };
     let pod = Netlink::open_in(&ns)?;
-    for link in pod.links().await? {
-        let ours = link.kind.as_deref() == Some("macvlan")
-            && (link.name == ifname || (is_temp_name(&link.name) && !link.up));
-        if !ours {
-            continue;
+    let ours: Vec<_> = pod
+        .links()
+        .await?
+        .into_iter()
+        .filter(|link| {
+            link.kind.as_deref() == Some("macvlan")
+                && (link.name == ifname || (is_temp_name(&link.name) && !link.up))
+        })
+        .collect();
+    // A link under its temporary name never got an address (ADD renames first).
+    if let Some(link) = ours.iter().find(|l| l.name == ifname) {
+        match pod.flush_addresses(link.index).await {
+            Ok(()) => {}
+            Err(e) if e.errno() == Some(nix::libc::ENODEV) => {}
+            Err(e) => return Err(e.into()),
         }
+    }
+    let _ = silenced.send(());
+    for link in ours {
         match pod.delete_link(link.index).await {
             Ok(()) => tracing::debug!(link = %link.name, "deleted pod link"),
             // Gone meanwhile (another DEL, or the namespace is being torn down).
