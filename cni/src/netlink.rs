@@ -1400,6 +1400,7 @@ pub struct PodLink {
 /// the pod, renames it, adds addresses, turns on the ARP/NA notify sysctls, brings it up, adds
 /// the routes and optionally waits for IPv6 DAD. On failure after creation the link is deleted
 /// again (which takes its addresses and routes with it), so nothing is left in the pod.
+/// [`create_pod_macvlan`] then [`configure_pod_macvlan`], for a caller with nothing to do between.
 ///
 /// `host` is a connection in the namespace that holds `spec.parent`.
 ///
@@ -1413,6 +1414,49 @@ pub async fn setup_pod_macvlan(
     pod_ns: &Netns,
     spec: &PodInterface,
 ) -> Result<PodLink, NetError> {
+    let pending = create_pod_macvlan(host, pod_ns, spec).await?;
+    configure_pod_macvlan(pending, pod_ns, spec).await
+}
+
+/// A pod macvlan as [`create_pod_macvlan`] leaves it: under a temporary name, down, without
+/// addresses. [`configure_pod_macvlan`] finishes it; [`PendingPodLink::discard`] removes it.
+#[derive(Debug)]
+pub struct PendingPodLink {
+    pod: Netlink,
+    index: u32,
+    parent: Link,
+    mode: MacvlanMode,
+    /// The MAC asked for at creation (`None`: the kernel's random one).
+    mac: Option<[u8; 6]>,
+}
+
+impl PendingPodLink {
+    /// The link's index in the pod namespace.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Deletes the link (best effort: a failed ADD reports its own error, not this one).
+    pub async fn discard(self) {
+        if let Err(e) = self.pod.delete_link(self.index).await {
+            tracing::warn!(error = %e, index = self.index, "delete unconfigured pod link");
+        }
+    }
+}
+
+/// The first half of [`setup_pod_macvlan`]: validates `spec` (its name, routes, parent, MTU,
+/// and that `spec.ifname` is free in the pod) and creates the macvlan under a temporary name
+/// directly inside the pod, down. Of `spec`, the addresses are not used yet, and `mac` may
+/// still be `None` and given to [`configure_pod_macvlan`] later: a caller can create the link
+/// while it is still waiting for the addresses.
+///
+/// # Errors
+/// As [`setup_pod_macvlan`], but for DAD.
+pub async fn create_pod_macvlan(
+    host: &Netlink,
+    pod_ns: &Netns,
+    spec: &PodInterface,
+) -> Result<PendingPodLink, NetError> {
     validate_ifname(&spec.ifname)?;
     for route in &spec.routes {
         route.validate()?;
@@ -1459,11 +1503,51 @@ pub async fn setup_pod_macvlan(
             return Err(e);
         }
     };
-    match configure_pod_link(&pod, pod_ns, index, spec).await {
+    Ok(PendingPodLink {
+        pod,
+        index,
+        parent,
+        mode: spec.mode,
+        mac: spec.mac,
+    })
+}
+
+/// The second half of [`setup_pod_macvlan`]: sets `spec.mac` (when given), renames the link to
+/// `spec.ifname`, adds the addresses, brings it up, adds the routes, waits for DAD. Deletes the
+/// link when any step fails.
+///
+/// # Errors
+/// [`NetError::PassthruMac`], [`NetError::InvalidRoute`], [`NetError::Sysctl`],
+/// [`NetError::Netlink`], [`NetError::DadFailed`], [`NetError::DadTimeout`].
+pub async fn configure_pod_macvlan(
+    pending: PendingPodLink,
+    pod_ns: &Netns,
+    spec: &PodInterface,
+) -> Result<PodLink, NetError> {
+    let checked = (|| {
+        if pending.mode == MacvlanMode::Passthru
+            && spec.mac.is_some_and(|mac| Some(mac) != pending.parent.mac)
+        {
+            return Err(NetError::PassthruMac {
+                parent: pending.parent.name.clone(),
+            });
+        }
+        spec.routes.iter().try_for_each(Route::validate)
+    })();
+    let configured = async {
+        checked?;
+        if let Some(mac) = spec.mac.filter(|m| Some(*m) != pending.mac) {
+            // The link was created before its MAC was known.
+            pending.pod.set_mac(pending.index, mac).await?;
+        }
+        configure_pod_link(&pending.pod, pod_ns, pending.index, spec).await
+    }
+    .await;
+    match configured {
         Ok(link) => Ok(link),
         Err(e) => {
             // Best effort: the original error is what the caller needs to see.
-            let _ = pod.delete_link(index).await;
+            let _ = pending.pod.delete_link(pending.index).await;
             Err(e)
         }
     }

@@ -546,10 +546,11 @@ async fn add(
     lease?;
     tracing::debug!("read configuration");
     let rules = rules?;
-    let rules = RuleSet::from_mirrored(&rules).map_err(|source| Error::Rule {
-        source,
-        note: String::new(),
-    })?;
+    let rules: RuleSet = crate::rule_cache::compile(&rules, &settings.run_dir, &conf.etcd)
+        .map_err(|source| Error::Rule {
+            source,
+            note: String::new(),
+        })?;
     let pod = match (&rt.args.pod_namespace, &rt.args.pod_name) {
         (Some(ns), Some(name)) => Some(format!("{ns}/{name}")),
         _ => None,
@@ -630,6 +631,7 @@ async fn add(
                 pool,
                 ip_req,
                 prev.clone(),
+                !more,
             )
             .await;
             match attempt {
@@ -658,6 +660,7 @@ async fn add_in_subnet(
     pool: Option<static_macvlan_allocator::MacPool>,
     ip_req: IpRequest,
     prev: Option<CniResult>,
+    last_subnet: bool,
 ) -> Result<Value, Error> {
     let netns_path = rt.netns.as_deref().expect("ADD requires CNI_NETNS");
     let mode = subnet.mode;
@@ -710,20 +713,53 @@ async fn add_in_subnet(
         key: s.key.clone(),
         hold: s.hold,
     });
-    let res = alloc
-        .reserve_sticky(&subnet, owner, ip_req, &mac_req, sticky.as_ref())
-        .await?;
-    tracing::debug!(ip = %res.record.ip, state = ?res.record.state, "reserved");
-    let mut undo = Undo {
+    let reserve = alloc.reserve_sticky(&subnet, owner, ip_req, &mac_req, sticky.as_ref());
+    let mut undo = Undo::default();
+    let link_at = LinkAt {
+        host,
+        pod_ns,
+        subnet: &subnet,
+        master: &master,
+        parent: &parent,
+        mode,
+        ifname: &rt.ifname,
+        settings,
+    };
+    // The link does not need the addresses until it is configured: it is created while etcd
+    // answers, and the loser's work is undone when either fails. Not while other subnets are
+    // left to try: a full one would cost a link deletion (~20 ms) before the next.
+    let (reserved, prepared) = if last_subnet {
+        tokio::join!(reserve, prepare_link(&link_at, &mut undo))
+    } else {
+        match reserve.await {
+            Ok(res) => (Ok(res), prepare_link(&link_at, &mut undo).await),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if let Ok(res) = &reserved {
+        tracing::debug!(ip = %res.record.ip, state = ?res.record.state, "reserved");
         // A committed reservation found by an idempotent or handed-over ADD is not ours to free.
-        reservation: (res.record.state == State::Pending).then(|| res.clone()),
-        ..Undo::default()
+        undo.reservation = (res.record.state == State::Pending).then(|| res.clone());
+    }
+    let (res, prepared) = match (reserved, prepared) {
+        (Ok(res), Ok(prepared)) => (res, prepared),
+        (Err(e), prepared) => {
+            if let Ok(p) = prepared {
+                // Its VLAN lock goes first: undo takes it to delete an unused VLAN.
+                p.link.discard().await;
+            }
+            undo.run(alloc, host, netns_path, &rt.ifname, settings)
+                .await;
+            return Err(e.into());
+        }
+        (Ok(_), Err(e)) => {
+            undo.run(alloc, host, netns_path, &rt.ifname, settings)
+                .await;
+            return Err(e);
+        }
     };
     let setup = async {
-        let link = attach(
-            host, pod_ns, &subnet, &master, &parent, mode, &res, rt, settings, &mut undo,
-        )
-        .await?;
+        let link = finish_link(&link_at, prepared, &res, &mut undo).await?;
         alloc.commit(&res).await?;
         tracing::debug!("committed");
         Ok::<_, Error>(link)
@@ -753,26 +789,38 @@ async fn add_in_subnet(
     Ok(result.to_json(conf.cni_version))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn attach(
-    host: &Netlink,
-    pod_ns: &Netns,
-    subnet: &Subnet,
-    master: &str,
-    parent: &str,
+/// Where and how an ADD puts the pod's link.
+struct LinkAt<'a> {
+    host: &'a Netlink,
+    pod_ns: &'a Netns,
+    subnet: &'a Subnet,
+    master: &'a str,
+    parent: &'a str,
     mode: netlink::MacvlanMode,
-    res: &Reservation,
-    rt: &RuntimeEnv,
-    settings: &Settings,
-    undo: &mut Undo,
-) -> Result<(netlink::PodLink, Vec<Route>), Error> {
+    ifname: &'a str,
+    settings: &'a Settings,
+}
+
+/// A pod link created but not yet configured, with what its configuration needs.
+struct Prepared {
+    link: netlink::PendingPodLink,
+    routes: Vec<Route>,
+    /// Held from making sure the VLAN exists until our macvlan is up on it, so that a DEL on
+    /// this node cannot find it unused and delete it in between.
+    _vlan_lock: Option<LinkLock>,
+}
+
+/// Everything of the pod's link that needs no address: the routes it will get, its VLAN, and
+/// the macvlan itself, created down under a temporary name.
+async fn prepare_link(at: &LinkAt<'_>, undo: &mut Undo) -> Result<Prepared, Error> {
+    let subnet = at.subnet;
     // A secondary attachment (Multus) joins a pod that already has a default route through its
     // primary network: replacing it would cut the pod off from the cluster, and adding a second
     // one fails (EEXIST). The subnet's default route is for pods where this is the only network.
     let mut routes = routes_of(subnet);
     if routes.iter().any(|r| r.destination.prefix() == 0)
-        && Netlink::open_in(pod_ns)?
-            .has_default_route(res.record.ip.is_ipv6())
+        && Netlink::open_in(at.pod_ns)?
+            .has_default_route(subnet.cidr.is_ipv6())
             .await?
     {
         routes.retain(|r| r.destination.prefix() != 0);
@@ -781,45 +829,75 @@ async fn attach(
             "the pod already has a default route (its primary network); not adding the subnet's"
         );
     }
-    // Held from making sure the VLAN exists until our macvlan is up on it, so that a DEL on
-    // this node cannot find it unused and delete it in between.
     let vlan_lock = if subnet.vlan != 0 {
-        let lock = LinkLock::acquire(&settings.lock_dir(), parent)?;
-        let (_, created) = host.ensure_vlan(master, subnet.vlan).await?;
+        let lock = LinkLock::acquire(&at.settings.lock_dir(), at.parent)?;
+        let (_, created) = at.host.ensure_vlan(at.master, subnet.vlan).await?;
         if created {
-            mark_vlan_ours(settings, parent);
-            undo.vlan = Some(parent.to_string());
+            mark_vlan_ours(at.settings, at.parent);
+            undo.vlan = Some(at.parent.to_string());
         }
         Some(lock)
     } else {
         None
     };
+    let spec = PodInterface {
+        parent: at.parent.to_string(),
+        ifname: at.ifname.to_string(),
+        mode: at.mode,
+        mac: None,
+        mtu: subnet.mtu,
+        addresses: Vec::new(),
+        routes: routes.clone(),
+        dad_timeout: None,
+    };
+    let link = netlink::create_pod_macvlan(at.host, at.pod_ns, &spec).await?;
+    tracing::debug!(index = link.index(), "pod link created");
+    Ok(Prepared {
+        link,
+        routes,
+        _vlan_lock: vlan_lock,
+    })
+}
+
+/// Gives the prepared link the reservation's MAC and address, brings it up with its routes,
+/// then routes the host to it through the shim when the subnet wants one.
+async fn finish_link(
+    at: &LinkAt<'_>,
+    prepared: Prepared,
+    res: &Reservation,
+    undo: &mut Undo,
+) -> Result<(netlink::PodLink, Vec<Route>), Error> {
+    let Prepared {
+        link,
+        routes,
+        _vlan_lock: vlan_lock,
+    } = prepared;
     let ip = res.record.ip;
     let spec = PodInterface {
-        parent: parent.to_string(),
-        ifname: rt.ifname.clone(),
-        mode,
+        parent: at.parent.to_string(),
+        ifname: at.ifname.to_string(),
+        mode: at.mode,
         mac: res.record.mac.map(|m| m.0),
-        mtu: subnet.mtu,
+        mtu: at.subnet.mtu,
         addresses: vec![
-            IpNetwork::new(ip, subnet.cidr.prefix()).expect("prefix of the subnet fits")
+            IpNetwork::new(ip, at.subnet.cidr.prefix()).expect("prefix of the subnet fits")
         ],
         routes: routes.clone(),
         dad_timeout: ip.is_ipv6().then_some(DAD_TIMEOUT),
     };
-    let link = netlink::setup_pod_macvlan(host, pod_ns, &spec).await?;
+    let link = netlink::configure_pod_macvlan(link, at.pod_ns, &spec).await?;
     tracing::debug!(index = link.index, "pod link up");
     undo.link = true;
     drop(vlan_lock);
 
-    if subnet.host_shim {
-        let shim = shim_name(parent);
-        let _lock = LinkLock::acquire(&settings.lock_dir(), &shim)?;
+    if at.subnet.host_shim {
+        let shim = shim_name(at.parent);
+        let _lock = LinkLock::acquire(&at.settings.lock_dir(), &shim)?;
         // Recorded first: undo then also deletes a shim this call created but could not route.
         undo.host_route = Some((ip, shim.clone()));
-        host.ensure_host_shim(parent, &shim, &[]).await?;
-        host.add_host_route(ip, &shim).await?;
-        host.pin_host_neighbour(ip, link.mac, &shim).await?;
+        at.host.ensure_host_shim(at.parent, &shim, &[]).await?;
+        at.host.add_host_route(ip, &shim).await?;
+        at.host.pin_host_neighbour(ip, link.mac, &shim).await?;
     }
     Ok((link, routes))
 }

@@ -334,3 +334,56 @@ async fn teardown_of_a_missing_namespace_or_foreign_link_is_a_no_op() {
     assert!(!teardown_pod_macvlan(&pod.path(), "eth0").await.unwrap());
     assert_eq!(pod.link_names().unwrap(), vec!["lo", "eth0"]);
 }
+
+/// The two halves an ADD overlaps with its reservation: created down under a temporary name
+/// with the kernel's MAC and no address, then given the reserved MAC and address; or discarded.
+#[tokio::test]
+async fn a_link_created_before_its_mac_is_known_gets_it_when_configured() {
+    use static_macvlan_cni::netlink::{configure_pod_macvlan, create_pod_macvlan};
+    let lan = Lan::builder().prefix("half").nodes(1).build().unwrap();
+    let pod = NetNs::new("half").unwrap();
+    let node = host(lan.node(0));
+    let pod_ns = open(&pod);
+    let pod_nl = Netlink::open_in(&pod_ns).unwrap();
+
+    let early = spec("net1", &[]);
+    let pending = create_pod_macvlan(&node.nl, &pod_ns, &early).await.unwrap();
+    let tmp = pod_nl.link_by_index(pending.index()).await.unwrap();
+    assert!(tmp.name.starts_with("smv") && !tmp.up, "{tmp:?}");
+    assert!(pod_nl.addresses(tmp.index).await.unwrap().is_empty());
+    // The CNI name stays free until the link is configured.
+    assert!(!pod_nl.link_exists("net1").await.unwrap());
+
+    let mut full = spec("net1", &["192.0.2.41/24"]);
+    full.mac = Some(mac("02:5a:00:00:00:41"));
+    let link = configure_pod_macvlan(pending, &pod_ns, &full)
+        .await
+        .unwrap();
+    assert_eq!(
+        (link.name.as_str(), link.mac),
+        ("net1", mac("02:5a:00:00:00:41"))
+    );
+    let l = pod_nl.link_by_name("net1").await.unwrap();
+    assert!(l.up);
+    assert!(pod_nl
+        .addresses(l.index)
+        .await
+        .unwrap()
+        .contains(&net("192.0.2.41/24")));
+
+    // Discarded (the reservation failed): nothing stays in the pod.
+    let pending = create_pod_macvlan(&node.nl, &pod_ns, &spec("net2", &[]))
+        .await
+        .unwrap();
+    pending.discard().await;
+    assert_eq!(pod.link_names().unwrap(), vec!["lo", "net1"]);
+
+    // A bad late MAC (multicast) fails the configuration and deletes the link.
+    let pending = create_pod_macvlan(&node.nl, &pod_ns, &spec("net2", &[]))
+        .await
+        .unwrap();
+    let mut bad = spec("net2", &["192.0.2.42/24"]);
+    bad.mac = Some(mac("01:00:5e:00:00:01"));
+    assert!(configure_pod_macvlan(pending, &pod_ns, &bad).await.is_err());
+    assert_eq!(pod.link_names().unwrap(), vec!["lo", "net1"]);
+}
