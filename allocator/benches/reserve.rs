@@ -7,6 +7,11 @@
 //!   subnet, with the ratios to the raw figures;
 //! - `reserve` p50 in a /16 at 0 % and at 90 % occupancy, and their ratio.
 //!
+//! Every client is a long-lived allocator, as the raw clients are: after a window read it claims
+//! the free addresses it saw without reading again (hints). For the one-shot plugin's regime it
+//! also prints, outside the targets, reserve p50 with a fresh allocator per call (no hints, the
+//! pending lease shared through a file as the plugin shares it).
+//!
 //! Set `SMV_BENCH_QUICK=1` for a short smoke run.
 
 use std::time::{Duration, Instant};
@@ -241,7 +246,33 @@ fn main() {
         (res, latency(v), mac)
     });
 
-    // reserve, 64 clients (each its own connection and lease, like 64 plugin processes), one subnet.
+    // reserve as one plugin invocation pays it: no hints; the lease from the node's file.
+    let oneshot = single.block_on(async {
+        let (cfg, subnet, pool_cfg) = setup(&etcd, "oneshot", "10.64.0.0/16", "10.64.0.1").await;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            lease_file: Some(dir.path().join("lease.json")),
+            ..Options::default()
+        };
+        let base = Allocator::connect(&cfg, opts.clone()).await.unwrap();
+        let pool = static_macvlan_allocator::MacPool::from_config("bench", &pool_cfg).unwrap();
+        let mac = MacRequest::Auto(pool);
+        let mut v = Vec::with_capacity(seq);
+        for i in 0..seq + 50 {
+            let alloc = Allocator::new(base.client(), base.keys().clone(), opts.clone());
+            let t = Instant::now();
+            alloc
+                .reserve(&subnet, &owner("oneshot", i), IpRequest::Auto, &mac)
+                .await
+                .unwrap();
+            if i >= 50 {
+                v.push(t.elapsed());
+            }
+        }
+        latency(v)
+    });
+
+    // reserve, 64 clients (each its own connection and lease), one subnet.
     let res_tput = multi.block_on(async {
         let (cfg, subnet, _) = setup(&etcd, "conc", "10.61.0.0/16", "10.61.0.1").await;
         let mut allocs = Vec::new();
@@ -309,6 +340,7 @@ fn main() {
     tput("raw create-if-absent txn, 64 clients", raw_tput);
     row("reserve ip+mac, 1 client", &res);
     row("reserve + commit, 1 client", &res_commit);
+    row("reserve ip+mac, fresh allocator (plugin)", &oneshot);
     tput("reserve ip+mac, 64 clients, one subnet", res_tput);
     row("reserve ip, /16 at 0 %", &at0);
     row(

@@ -10,6 +10,7 @@
 //! read with point lookups in one transaction, a free one is picked at random and claimed by CAS.
 //! At 90 % occupancy a 48-address window still has a free address with probability 1 - 0.9^48.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use etcd_client::{
 };
 use tokio::sync::Mutex;
 
-use crate::addr::MacAddr;
+use crate::addr::{ip_to_u128, MacAddr};
 use crate::error::{invalid, Error};
 use crate::etcd::EtcdConfig;
 use crate::keys::{Keys, SCHEMA_VERSION};
@@ -82,6 +83,24 @@ pub enum Released {
 pub struct StickyHold {
     pub key: String,
     pub hold: Duration,
+}
+
+/// How one [`Allocator::try_reserve`] went.
+enum Attempt {
+    Done(Box<Reservation>),
+    /// Lost a race for an address: retry after a backoff.
+    Retry,
+    /// A hint was stale: retry at once, with a read.
+    Again,
+}
+
+impl Attempt {
+    fn of(claimed: Option<Reservation>) -> Result<Attempt, Error> {
+        Ok(match claimed {
+            Some(res) => Attempt::Done(Box::new(res)),
+            None => Attempt::Retry,
+        })
+    }
 }
 
 /// What [`Allocator::take_held`] found.
@@ -173,6 +192,117 @@ impl SharedLease {
     }
 }
 
+/// Free addresses this allocator's window reads saw besides the one they picked, claimed blind
+/// by its next reservations: a long-lived allocator (the operator, a benchmark's client) reads
+/// one window per several reservations instead of one per reservation, also in a nearly full
+/// pool. Only a guess: the claim is still a compare-and-swap, and a stale hint costs one failed
+/// transaction and a fresh read, with no backoff. A one-shot plugin process has none.
+#[derive(Default)]
+struct Hints {
+    inner: std::sync::Mutex<HintMaps>,
+}
+
+#[derive(Default)]
+struct HintMaps {
+    /// By subnet name.
+    ips: HashMap<String, Vec<IpAddr>>,
+    /// By MAC pool name.
+    macs: HashMap<String, Vec<MacAddr>>,
+}
+
+/// Hints kept per pool: one window's worth.
+const MAX_HINTS: usize = 64;
+
+impl Hints {
+    fn maps(&self) -> std::sync::MutexGuard<'_, HintMaps> {
+        // Plain data: a panic elsewhere cannot leave it inconsistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blind choices for a request with at least one automatic part and a hint for each, still
+    /// inside the current pools. Takes nothing when a part lacks one.
+    fn take(
+        &self,
+        subnet: &Subnet,
+        ip_req: IpRequest,
+        mac_req: &MacRequest,
+    ) -> Option<(IpAddr, Option<MacAddr>)> {
+        let mut maps = self.maps();
+        let mut ip = match ip_req {
+            IpRequest::Static(a) => Some(a),
+            IpRequest::Auto => None,
+        };
+        if ip.is_none() {
+            let list = maps.ips.get_mut(&subnet.name)?;
+            while let Some(a) = list.pop() {
+                if a.is_ipv4() == subnet.cidr.is_ipv4() && subnet.pool().contains(ip_to_u128(a)) {
+                    ip = Some(a);
+                    break;
+                }
+            }
+        }
+        let ip = ip?;
+        let mac = match mac_req {
+            MacRequest::None => None,
+            MacRequest::Static(m) => Some(*m),
+            MacRequest::Auto(pool) => {
+                let found = maps.macs.get_mut(&pool.name).and_then(|list| {
+                    std::iter::from_fn(|| list.pop())
+                        .find(|m| pool.set().contains(u128::from(m.to_u64())))
+                });
+                match found {
+                    Some(m) => Some(m),
+                    None => {
+                        if let IpRequest::Auto = ip_req {
+                            maps.ips.entry(subnet.name.clone()).or_default().push(ip);
+                        }
+                        return None;
+                    }
+                }
+            }
+        };
+        let automatic = matches!(ip_req, IpRequest::Auto) || matches!(mac_req, MacRequest::Auto(_));
+        automatic.then_some((ip, mac))
+    }
+
+    /// The pick of a window read of `subnet` (the first of `free`); the rest become its hints.
+    fn pick(&self, subnet: &Subnet, mut free: Vec<Addr>) -> Option<Addr> {
+        let first = (!free.is_empty()).then(|| free.remove(0))?;
+        let rest = free.into_iter().filter_map(|a| match a {
+            Addr::Ip(ip) => Some(ip),
+            Addr::Mac(_) => None,
+        });
+        let mut maps = self.maps();
+        let list = maps.ips.entry(subnet.name.clone()).or_default();
+        list.clear();
+        list.extend(rest.take(MAX_HINTS));
+        Some(first)
+    }
+
+    /// As [`Hints::pick`], for a MAC pool.
+    fn pick_mac(&self, pool: &MacPool, mut free: Vec<Addr>) -> Option<Addr> {
+        let first = (!free.is_empty()).then(|| free.remove(0))?;
+        let rest = free.into_iter().filter_map(|a| match a {
+            Addr::Mac(m) => Some(m),
+            Addr::Ip(_) => None,
+        });
+        let mut maps = self.maps();
+        let list = maps.macs.entry(pool.name.clone()).or_default();
+        list.clear();
+        list.extend(rest.take(MAX_HINTS));
+        Some(first)
+    }
+
+    /// Drops the hints a failed blind claim drew from: their window is out of date.
+    fn forget(&self, subnet: &Subnet, mac_req: &MacRequest) {
+        let mut maps = self.maps();
+        maps.ips.remove(&subnet.name);
+        if let MacRequest::Auto(pool) = mac_req {
+            maps.macs.remove(&pool.name);
+        }
+    }
+}
+
 /// Handle to the reservations under one prefix. Cheap to clone; clones share the connection and
 /// the pending lease.
 #[derive(Clone)]
@@ -181,6 +311,7 @@ pub struct Allocator {
     keys: Keys,
     opts: Options,
     lease: Arc<Mutex<Option<PendingLease>>>,
+    hints: Arc<Hints>,
 }
 
 /// One of a transaction's responses as a get response's key-values.
@@ -230,6 +361,7 @@ impl Allocator {
             keys,
             opts,
             lease: Arc::new(Mutex::new(None)),
+            hints: Arc::default(),
         }
     }
 
@@ -617,8 +749,9 @@ impl Allocator {
                 }
             }
             match self.try_reserve(subnet, owner, ip, mac, sticky).await? {
-                Some(res) => return Ok(res),
-                None => {
+                Attempt::Done(res) => return Ok(*res),
+                Attempt::Again => {}
+                Attempt::Retry => {
                     let d = delays.next().unwrap_or(Duration::from_millis(100));
                     tokio::time::sleep(d).await;
                 }
@@ -716,7 +849,22 @@ impl Allocator {
         ip_req: IpRequest,
         mac_req: &MacRequest,
         sticky: Option<&StickyHold>,
-    ) -> Result<Option<Reservation>, Error> {
+    ) -> Result<Attempt, Error> {
+        // Free addresses a previous read of this allocator saw: claimed blind, without a read.
+        if let Some((ip, mac)) = self.hints.take(subnet, ip_req, mac_req) {
+            let lease = self.pending_lease().await?;
+            return match self
+                .claim(subnet, owner, ip_req, mac_req, sticky, lease, ip, mac)
+                .await?
+            {
+                Some(res) => Ok(Attempt::Done(Box::new(res))),
+                None => {
+                    // Taken since (or our own earlier reservation): read afresh, at once.
+                    self.hints.forget(subnet, mac_req);
+                    Ok(Attempt::Again)
+                }
+            };
+        }
         let owner_key = self.keys.owner(&owner.pod_uid, &owner.ifname);
         let ip_space = Space::Ip {
             subnet: &subnet.name,
@@ -771,9 +919,10 @@ impl Allocator {
         );
         let resp = resp?.op_responses();
         if let Some(kv) = kvs_of(&resp[0]).first() {
-            return self
-                .existing_attachment(subnet, owner, ip_req, mac_req, kv)
-                .await;
+            return Attempt::of(
+                self.existing_attachment(subnet, owner, ip_req, mac_req, kv)
+                    .await?,
+            );
         }
         let lease = lease?;
         let (ip_resp, mac_resp) = (&resp[1..ip_ops_end], &resp[ip_ops_end..]);
@@ -791,7 +940,9 @@ impl Allocator {
                 a
             }
             IpRequest::Auto => {
-                let mut found = ip_window.as_ref().and_then(|w| w.pick_free(ip_resp));
+                let mut found = ip_window
+                    .as_ref()
+                    .and_then(|w| self.hints.pick(subnet, w.free(ip_resp)));
                 let mut full = u32::from(ip_window.is_some() && found.is_none());
                 while found.is_none() {
                     if full == self.opts.sampled_windows
@@ -812,7 +963,7 @@ impl Allocator {
                         .txn(&read_op, Txn::new().and_then(w.ops()))
                         .await?
                         .op_responses();
-                    found = w.pick_free(&resp);
+                    found = self.hints.pick(subnet, w.free(&resp));
                     full += 1;
                 }
                 match found {
@@ -836,7 +987,9 @@ impl Allocator {
             }
             MacRequest::Auto(pool) => {
                 let blocks = mac_blocks.as_mut().expect("auto mac has blocks");
-                let mut found = mac_window.as_ref().and_then(|w| w.pick_free(mac_resp));
+                let mut found = mac_window
+                    .as_ref()
+                    .and_then(|w| self.hints.pick_mac(pool, w.free(mac_resp)));
                 let sweep_limit = blocks.total.min(u128::from(self.opts.full_sweep_windows));
                 while found.is_none() {
                     let b = match blocks.advance() {
@@ -853,7 +1006,7 @@ impl Allocator {
                         .txn("read mac candidates", Txn::new().and_then(w.ops()))
                         .await?
                         .op_responses();
-                    found = w.pick_free(&resp);
+                    found = self.hints.pick_mac(pool, w.free(&resp));
                 }
                 match found {
                     Some(Addr::Mac(m)) => Some(m),
@@ -862,6 +1015,26 @@ impl Allocator {
             }
         };
 
+        Attempt::of(
+            self.claim(subnet, owner, ip_req, mac_req, sticky, lease, ip, mac)
+                .await?,
+        )
+    }
+
+    /// Claims `ip` (and `mac`) for `owner` in one transaction, each key only if absent, pending
+    /// under `lease`. `None`: someone else won a key of an automatic choice (retry).
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        subnet: &Subnet,
+        owner: &Owner,
+        ip_req: IpRequest,
+        mac_req: &MacRequest,
+        sticky: Option<&StickyHold>,
+        lease: i64,
+        ip: IpAddr,
+        mac: Option<MacAddr>,
+    ) -> Result<Option<Reservation>, Error> {
         let record = Record {
             subnet: subnet.name.clone(),
             ip,

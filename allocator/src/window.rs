@@ -285,8 +285,9 @@ impl Window {
         }
     }
 
-    /// A random member absent from `resp` (the responses of [`Window::ops`], in order).
-    pub(crate) fn pick_free(&self, resp: &[TxnOpResponse]) -> Option<Addr> {
+    /// The members absent from `resp` (the responses of [`Window::ops`], in order), in random
+    /// order: the first is the pick, the others are hints for the next reservations.
+    pub(crate) fn free(&self, resp: &[TxnOpResponse]) -> Vec<Addr> {
         let kvs = |r: &TxnOpResponse| match r {
             TxnOpResponse::Get(g) => g.kvs().len(),
             _ => 0,
@@ -315,7 +316,9 @@ impl Window {
                     .collect()
             }
         };
-        (!free.is_empty()).then(|| self.addr(free[fastrand::usize(0..free.len())]))
+        let mut free: Vec<Addr> = free.into_iter().map(|x| self.addr(x)).collect();
+        fastrand::shuffle(&mut free);
+        free
     }
 }
 
