@@ -4,6 +4,8 @@
 //! - [`netlink`]: links, addresses, routes, VLAN sub-interfaces and the host shim, behind one
 //!   small struct; the pod attachment set-up and tear-down built from them.
 //! - [`policy`]: what an ADD allocates: netconf, pod annotations, AllocationRules, selectors.
+//! - [`rule_cache`]: the node's cache of compiled AllocationRules, so that an ADD does not
+//!   compile the rules the previous one compiled.
 
 pub mod conf;
 pub mod errors;
@@ -11,4 +13,5 @@ pub mod netlink;
 pub mod netns;
 pub mod plugin;
 pub mod policy;
+pub mod rule_cache;
 pub mod types;

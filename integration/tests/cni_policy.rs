@@ -441,6 +441,59 @@ fn an_invalid_rule_in_etcd_fails_adds_naming_it() {
     c.cni(0, "ADD", &conf, &p, "net1").ok();
 }
 
+/// The node keeps what an ADD compiled for the next one (in the run dir), and reuses a compiled
+/// rule only for the very spec it was compiled from: a rule changed in etcd decides at once, and
+/// a broken one written by hand fails every ADD naming it, cached set or not.
+#[test]
+fn compiled_rules_are_cached_on_the_node_and_never_stand_in_for_another_spec() {
+    let c = Cluster::new(1);
+    two_subnets(&c);
+    c.put_rule(
+        "to-a",
+        json!({"priority": 1, "match": "true", "subnet": "a"}),
+    );
+    c.put_rule(
+        "team-to-b",
+        json!({"priority": 5, "match": "pod.namespace == \"team\"", "subnet": "b"}),
+    );
+    let conf = no_subnet(&c, 0);
+    let add = |name: &str| c.cni(0, "ADD", &conf, &Pod::new(name), "net1");
+
+    let r = add("first").ok();
+    assert!(r.stderr.contains("reused=0 compiled=2"), "{}", r.stderr);
+    assert!((10..=20).contains(&octet(&r.json())));
+    let r = add("second").ok();
+    assert!(r.stderr.contains("reused=2 compiled=0"), "{}", r.stderr);
+    assert!((10..=20).contains(&octet(&r.json())));
+
+    c.put_rule(
+        "to-a",
+        json!({"priority": 1, "match": "true", "subnet": "b"}),
+    );
+    let r = add("third").ok();
+    assert!(r.stderr.contains("reused=1 compiled=1"), "{}", r.stderr);
+    assert!((100..=110).contains(&octet(&r.json())), "{}", r.stderr);
+
+    c.put_rule(
+        "broken",
+        json!({"priority": 9, "match": "pod.nmae == \"x\"", "subnet": "a"}),
+    );
+    for name in ["fourth", "fifth"] {
+        let p = Pod::new(name);
+        let r = c.cni(0, "ADD", &conf, &p, "net1");
+        assert_eq!(r.code(), 117, "{}", r.stdout);
+        assert!(r.msg().contains("AllocationRule \"broken\""), "{}", r.msg());
+        assert!(r.msg().contains("undefined field 'nmae'"), "{}", r.msg());
+        assert!(c.reservation(&p, "net1").is_none());
+    }
+    c.etcd
+        .etcdctl(&["del", &c.alloc.keys().rule("broken")])
+        .expect("delete rule");
+    let r = add("sixth").ok();
+    assert!(r.stderr.contains("reused=2 compiled=0"), "{}", r.stderr);
+    assert!((100..=110).contains(&octet(&r.json())));
+}
+
 #[test]
 fn sticky_rule_keeps_the_address_across_re_creation() {
     let c = Cluster::new(1);

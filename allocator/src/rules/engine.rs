@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::budget::{Budget, Metered};
+use super::cache;
 use super::context::Context;
 use super::expr::{CompiledExpr, Want};
 use super::net::parse_ip;
@@ -52,27 +53,22 @@ pub fn compile(name: &str, spec: &AllocationRuleSpec) -> Result<CompiledRule, Ru
         .as_deref()
         .map(|s| expr("spec.mac", s, Want::String))
         .transpose()?;
-    let sticky = match &spec.sticky {
-        Some(sticky) => {
-            let key = match &sticky.key {
-                Some(key) => expr("spec.sticky.key", key, Want::String)?,
-                None => expr("spec.sticky.key", DEFAULT_STICKY_KEY, Want::String)?,
-            };
-            Some((key, Duration::from_secs(u64::from(sticky.hold_seconds))))
-        }
-        None => None,
-    };
-    Ok(CompiledRule {
-        name: name.to_owned(),
-        hash: OnceLock::new(),
-        subnets: spec.subnet_list(),
-        deny: spec.deny.as_ref().map(|d| d.message.trim().to_owned()),
-        spec: spec.clone(),
+    let sticky_key = spec
+        .sticky
+        .as_ref()
+        .map(|sticky| {
+            let key = sticky.key.as_deref().unwrap_or(DEFAULT_STICKY_KEY);
+            expr("spec.sticky.key", key, Want::String)
+        })
+        .transpose()?;
+    Ok(CompiledRule::from_parts(
+        name.to_owned(),
+        spec.clone(),
         matcher,
         ip,
         mac,
-        sticky,
-    })
+        sticky_key,
+    ))
 }
 
 /// Whether any expression of `rule` reads `pod.labels` or `pod.annotations`: only then does the
@@ -88,6 +84,32 @@ impl CompiledRule {
     /// As [`compile`].
     pub fn from_mirrored(mirrored: &Mirrored<AllocationRuleSpec>) -> Result<Self, RuleError> {
         compile(&mirrored.name, &mirrored.spec)
+    }
+
+    /// Assembles a rule from its spec and compiled expressions (from [`compile`], or read back
+    /// from a cache): the parts that are plain data are derived from the spec here, in one place.
+    pub(crate) fn from_parts(
+        name: String,
+        spec: AllocationRuleSpec,
+        matcher: CompiledExpr,
+        ip: Option<CompiledExpr>,
+        mac: Option<CompiledExpr>,
+        sticky_key: Option<CompiledExpr>,
+    ) -> CompiledRule {
+        let sticky = sticky_key
+            .zip(spec.sticky.as_ref())
+            .map(|(key, sticky)| (key, Duration::from_secs(u64::from(sticky.hold_seconds))));
+        CompiledRule {
+            name,
+            hash: OnceLock::new(),
+            subnets: spec.subnet_list(),
+            deny: spec.deny.as_ref().map(|d| d.message.trim().to_owned()),
+            spec,
+            matcher,
+            ip,
+            mac,
+            sticky,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -112,12 +134,25 @@ impl CompiledRule {
         self.exprs().any(|e| e.needs_metadata)
     }
 
-    fn exprs(&self) -> impl Iterator<Item = &CompiledExpr> {
+    /// The compiled expressions in field order: `match`, `ip`, `mac`, `sticky.key`.
+    pub(crate) fn exprs(&self) -> impl Iterator<Item = &CompiledExpr> {
         std::iter::once(&self.matcher)
             .chain(self.ip.as_ref())
             .chain(self.mac.as_ref())
             .chain(self.sticky.as_ref().map(|(k, _)| k))
     }
+}
+
+/// How [`RuleSet::from_mirrored_cached`] used its cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheUse {
+    /// Rules taken from the cache.
+    pub reused: usize,
+    /// Rules compiled: not in the cache, or there with another spec.
+    pub compiled: usize,
+    /// Whether the cache holds exactly this set. When not, the caller should store
+    /// [`RuleSet::to_cache`] of the new set for the next process.
+    pub up_to_date: bool,
 }
 
 /// Sticky reservation requested by the matching rule.
@@ -178,6 +213,52 @@ impl RuleSet {
             .map(CompiledRule::from_mirrored)
             .collect::<Result<Vec<_>, _>>()?;
         RuleSet::from_compiled(compiled)
+    }
+
+    /// Compiles rules as mirrored into etcd, reusing the compiled form of every rule that
+    /// `cache` holds with an equal spec: the CNI plugin, a fresh process on every ADD, keeps
+    /// what it compiled for the next ADD this way. `cache` is what [`RuleSet::to_cache`]
+    /// returned, with the same `build`, in an earlier process; `build` identifies the running
+    /// program (e.g. its executable), as the compiled form depends on this crate's code. Bytes
+    /// of another build, corrupt or truncated are ignored as a whole.
+    ///
+    /// The set is the one [`RuleSet::from_mirrored`] returns: a cached rule was compiled and
+    /// validated in full from an equal spec, and every other rule is compiled and validated in
+    /// full now.
+    ///
+    /// # Errors
+    /// As [`RuleSet::from_mirrored`].
+    pub fn from_mirrored_cached<'a>(
+        rules: impl IntoIterator<Item = &'a Mirrored<AllocationRuleSpec>>,
+        cache: Option<&[u8]>,
+        build: &str,
+    ) -> Result<(RuleSet, CacheUse), RuleError> {
+        let mut cached = cache.and_then(|bytes| cache::index(bytes, build));
+        let mut used = CacheUse::default();
+        let compiled = rules
+            .into_iter()
+            .map(|m| {
+                let entry = cached.as_mut().and_then(|c| c.remove(m.name.as_str()));
+                match entry.and_then(|e| cache::decode_rule(e, &m.name, &m.spec)) {
+                    Some(rule) => {
+                        used.reused += 1;
+                        Ok(rule)
+                    }
+                    None => {
+                        used.compiled += 1;
+                        CompiledRule::from_mirrored(m)
+                    }
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        used.up_to_date = used.compiled == 0 && cached.is_some_and(|c| c.is_empty());
+        Ok((RuleSet::from_compiled(compiled)?, used))
+    }
+
+    /// The compiled set as bytes for [`RuleSet::from_mirrored_cached`] in a later process of
+    /// the same `build`. Not a stable format: only the build that wrote it reads it.
+    pub fn to_cache(&self, build: &str) -> Vec<u8> {
+        cache::encode(&self.rules, build)
     }
 
     /// A set from rules compiled earlier (e.g. kept in a cache keyed by name and hash).

@@ -214,6 +214,26 @@ fn shown(v: &dyn Val) -> String {
 }
 
 impl CompiledExpr {
+    /// An expression compiled earlier, e.g. read back from a cache.
+    pub(crate) fn from_parts(
+        source: String,
+        program: Arc<IdedExpr>,
+        want: Want,
+        needs_metadata: bool,
+    ) -> CompiledExpr {
+        CompiledExpr {
+            source,
+            program,
+            want,
+            needs_metadata,
+        }
+    }
+
+    /// The instrumented program.
+    pub(crate) fn program(&self) -> &IdedExpr {
+        &self.program
+    }
+
     /// Compiles `source` for `field` of `rule`.
     ///
     /// # Errors

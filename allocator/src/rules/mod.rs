@@ -1,7 +1,8 @@
 //! The rule engine: AllocationRules and VlanSubnet selectors written in CEL, compiled and
 //! type-checked once, then evaluated on every ADD under a hard budget. Pure library: no
 //! Kubernetes, no etcd, no netlink. The operator compiles to validate (and mirrors only what
-//! compiles); the plugin compiles what it reads from etcd and evaluates.
+//! compiles); the plugin compiles what it reads from etcd (or takes it from its own cache of
+//! what it compiled before, for an identical spec) and evaluates.
 //!
 //! Layout:
 //! - [`spec`](AllocationRuleSpec): the rule as mirrored into `<prefix>/config/rules/<name>`,
@@ -16,10 +17,14 @@
 //! - `expr`: one compiled expression: parse, check, instrument, trial run on a sample pod.
 //! - `context`: what an expression sees, [`Context`]: `pod` and `attachment`.
 //! - `engine`: [`compile`], [`CompiledRule`], [`RuleSet`] and its [`Decision`], selectors.
+//! - `cache`: compiled rules as bytes, for [`RuleSet::to_cache`] and
+//!   [`RuleSet::from_mirrored_cached`]: how the one-shot plugin avoids compiling the same rules
+//!   on every ADD.
 //!
 //! See `docs/rules.md` for the language as users see it.
 
 mod budget;
+mod cache;
 mod check;
 mod context;
 mod engine;
@@ -33,8 +38,8 @@ use std::fmt;
 pub use budget::{Budget, Limit};
 pub use context::{AttachmentInfo, Context, PodInfo, PodMetadata};
 pub use engine::{
-    compile, compile_selector, needs_pod_metadata, selector_allows, CompiledRule, Decision,
-    RuleSet, Selector, Sticky,
+    compile, compile_selector, needs_pod_metadata, selector_allows, CacheUse, CompiledRule,
+    Decision, RuleSet, Selector, Sticky,
 };
 pub use expr::MAX_EXPRESSION_BYTES;
 pub use spec::{content_hash, AllocationRuleSpec, DenySpec, StickySpec, MAX_HOLD_SECONDS};

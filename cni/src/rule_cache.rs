@@ -1,0 +1,237 @@
+//! The node's cache of compiled AllocationRules. The plugin is a fresh process on every ADD, and
+//! compiling the rules it reads from etcd (parse, type check, instrument, trial run) was most of
+//! what rules cost an ADD. What one ADD compiled is kept in `<run dir>/rules/<scope>.cache` for the
+//! next: [`RuleSet::from_mirrored_cached`] reuses a cached rule only for a spec equal to the one
+//! just read from etcd, and compiles — and validates in full, as the operator does — every other.
+//! So each version of each rule is validated once per node and build, and a rule written to etcd
+//! by hand, bypassing the operator, still fails the ADD with an error naming it.
+//!
+//! The cache is an optimisation only: a cache that cannot be read, was written by another build
+//! of the plugin or for another etcd, is corrupt, or is not a regular file owned by this user and
+//! writable by it alone, is ignored, and the rules are compiled. Failing to write it is logged at
+//! debug level. `/run` is a tmpfs: the cache starts empty after a reboot.
+
+use std::fs::{self, File, OpenOptions};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use static_macvlan_allocator::rules::{AllocationRuleSpec, RuleError, RuleSet};
+use static_macvlan_allocator::{EtcdConfig, Mirrored};
+
+/// Larger files are not read: 100 rules take about 20 KiB.
+const MAX_CACHE_BYTES: u64 = 16 << 20;
+
+/// Compiles `rules` as read from etcd (`etcd` says which), reusing and refreshing the cache
+/// under `run_dir`.
+///
+/// # Errors
+/// As [`RuleSet::from_mirrored`]: the first invalid rule, by name.
+pub fn compile(
+    rules: &[Mirrored<AllocationRuleSpec>],
+    run_dir: &Path,
+    etcd: &EtcdConfig,
+) -> Result<RuleSet, RuleError> {
+    if rules.is_empty() {
+        return RuleSet::from_mirrored(rules);
+    }
+    let Some(build) = build_identity(etcd) else {
+        return RuleSet::from_mirrored(rules);
+    };
+    let path = cache_path(run_dir, etcd);
+    let cached = read(&path);
+    let (set, used) = RuleSet::from_mirrored_cached(rules, cached.as_deref(), &build)?;
+    tracing::debug!(
+        reused = used.reused,
+        compiled = used.compiled,
+        "compiled rules"
+    );
+    if !used.up_to_date {
+        if let Err(e) = write(&path, &set.to_cache(&build)) {
+            tracing::debug!(path = %path.display(), error = %e, "write rule cache");
+        }
+    }
+    Ok(set)
+}
+
+/// What the cache is valid for: this executable (its file, so that a rebuilt or upgraded plugin
+/// never reads an older one's cache) and the etcd the rules come from. `None` when the
+/// executable cannot be identified: then there is no cache.
+fn build_identity(etcd: &EtcdConfig) -> Option<String> {
+    let exe = fs::metadata("/proc/self/exe").ok()?;
+    Some(format!(
+        "exe {}:{} size {} mtime {}.{:09}; {}",
+        exe.dev(),
+        exe.ino(),
+        exe.size(),
+        exe.mtime(),
+        exe.mtime_nsec(),
+        scope(etcd)
+    ))
+}
+
+fn scope(etcd: &EtcdConfig) -> String {
+    format!("etcd {:?} prefix {:?}", etcd.endpoints, etcd.prefix)
+}
+
+/// One file per etcd (endpoints and prefix), so that networks on different prefixes do not take
+/// turns rewriting one file, while a new build of the plugin replaces its predecessor's. The
+/// hash only spreads scopes over file names: the content carries the whole identity, which is
+/// what is checked.
+fn cache_path(run_dir: &Path, etcd: &EtcdConfig) -> PathBuf {
+    let mut h = DefaultHasher::new();
+    scope(etcd).hash(&mut h);
+    run_dir
+        .join("rules")
+        .join(format!("{:016x}.cache", h.finish()))
+}
+
+/// The cache's bytes, if it is a regular file of this user that no one else can write.
+fn read(path: &Path) -> Option<Vec<u8>> {
+    let mut file = File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    let trusted = meta.is_file()
+        && meta.uid() == nix::unistd::geteuid().as_raw()
+        && meta.mode() & 0o022 == 0
+        && meta.len() <= MAX_CACHE_BYTES;
+    if !trusted {
+        tracing::debug!(path = %path.display(), "ignore rule cache: not a private file of this user");
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// Replaces the cache atomically: readers see the old file or the new one, never a part.
+fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("the cache path has a directory");
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    // A file left by a process of the same pid that died before renaming it: never write
+    // through whatever is at that name (it could be a link), replace it.
+    let _ = fs::remove_file(&tmp);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, r#match: &str) -> Mirrored<AllocationRuleSpec> {
+        Mirrored {
+            name: name.into(),
+            uid: None,
+            generation: Some(1),
+            spec: AllocationRuleSpec {
+                r#match: r#match.into(),
+                subnet: Some("lan".into()),
+                ..AllocationRuleSpec::default()
+            },
+        }
+    }
+
+    fn etcd() -> EtcdConfig {
+        EtcdConfig::new(vec!["http://127.0.0.1:2379".into()])
+    }
+
+    fn cache_file(run_dir: &Path) -> PathBuf {
+        cache_path(run_dir, &etcd())
+    }
+
+    #[test]
+    fn the_second_compile_reads_what_the_first_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = vec![rule("a", "pod.name == 'x'"), rule("b", "true")];
+        let first = compile(&rules, dir.path(), &etcd()).unwrap();
+        let path = cache_file(dir.path());
+        let written = fs::read(&path).unwrap();
+        assert_eq!(written, first.to_cache(&build_identity(&etcd()).unwrap()));
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+
+        let (_, used) = RuleSet::from_mirrored_cached(
+            &rules,
+            read(&path).as_deref(),
+            &build_identity(&etcd()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((used.reused, used.compiled, used.up_to_date), (2, 0, true));
+        // Up to date: not rewritten.
+        let before = fs::metadata(&path).unwrap().modified().unwrap();
+        compile(&rules, dir.path(), &etcd()).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), before);
+    }
+
+    #[test]
+    fn another_etcd_prefix_has_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut other = etcd();
+        other.prefix = "/other".into();
+        assert_ne!(
+            cache_path(dir.path(), &etcd()),
+            cache_path(dir.path(), &other)
+        );
+        assert_ne!(build_identity(&etcd()), build_identity(&other));
+    }
+
+    #[test]
+    fn a_cache_others_can_write_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = vec![rule("a", "true")];
+        compile(&rules, dir.path(), &etcd()).unwrap();
+        let path = cache_file(dir.path());
+        assert!(read(&path).is_some());
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+        assert!(read(&path).is_none());
+    }
+
+    #[test]
+    fn garbage_in_the_cache_is_ignored_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = vec![rule("a", "pod.namespace == 'db'")];
+        let path = cache_file(dir.path());
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, b"not a cache").unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let set = compile(&rules, dir.path(), &etcd()).unwrap();
+        assert_eq!(set.len(), 1);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            set.to_cache(&build_identity(&etcd()).unwrap())
+        );
+    }
+
+    #[test]
+    fn an_invalid_rule_fails_naming_it_and_is_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = vec![rule("a", "true")];
+        compile(&good, dir.path(), &etcd()).unwrap();
+        let bad = vec![rule("a", "true"), rule("broken", "pod.nmae == 'x'")];
+        for _ in 0..2 {
+            let e = compile(&bad, dir.path(), &etcd()).unwrap_err();
+            assert_eq!(e.rule(), "broken");
+            assert!(matches!(e, RuleError::Invalid { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_unwritable_run_dir_only_costs_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        // `rules` cannot be created under a regular file.
+        let set = compile(&[rule("a", "true")], &file, &etcd()).unwrap();
+        assert_eq!(set.len(), 1);
+    }
+}
