@@ -20,6 +20,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
@@ -1524,7 +1525,25 @@ pub async fn configure_pod_macvlan(
     pod_ns: &Netns,
     spec: &PodInterface,
 ) -> Result<PodLink, NetError> {
-    let checked = (|| {
+    configure_pod_macvlan_alongside(pending, pod_ns, spec, std::future::ready(()))
+        .await
+        .0
+}
+
+/// [`configure_pod_macvlan`], running `alongside` concurrently with the bring-up once the link
+/// has its name and addresses (e.g. the commit of the reservation those addresses come from).
+/// Its output is `None` when configuring failed before that point; the link is deleted on any
+/// failure of its own, whatever `alongside` did.
+///
+/// # Errors
+/// As [`configure_pod_macvlan`].
+pub async fn configure_pod_macvlan_alongside<F: Future>(
+    pending: PendingPodLink,
+    pod_ns: &Netns,
+    spec: &PodInterface,
+    alongside: F,
+) -> (Result<PodLink, NetError>, Option<F::Output>) {
+    let checked = async {
         if pending.mode == MacvlanMode::Passthru
             && spec.mac.is_some_and(|mac| Some(mac) != pending.parent.mac)
         {
@@ -1532,37 +1551,56 @@ pub async fn configure_pod_macvlan(
                 parent: pending.parent.name.clone(),
             });
         }
-        spec.routes.iter().try_for_each(Route::validate)
-    })();
-    let configured = async {
-        checked?;
+        spec.routes.iter().try_for_each(Route::validate)?;
         if let Some(mac) = spec.mac.filter(|m| Some(*m) != pending.mac) {
             // The link was created before its MAC was known.
             pending.pod.set_mac(pending.index, mac).await?;
         }
-        configure_pod_link(&pending.pod, pod_ns, pending.index, spec).await
+        Ok(())
     }
     .await;
-    match configured {
-        Ok(link) => Ok(link),
-        Err(e) => {
-            // Best effort: the original error is what the caller needs to see.
-            let _ = pending.pod.delete_link(pending.index).await;
-            Err(e)
-        }
+    let (configured, side) = match checked {
+        Ok(()) => configure_pod_link(&pending.pod, pod_ns, pending.index, spec, alongside).await,
+        Err(e) => (Err(e), None),
+    };
+    if configured.is_err() {
+        // Best effort: the original error is what the caller needs to see.
+        let _ = pending.pod.delete_link(pending.index).await;
     }
+    (configured, side)
 }
 
-async fn configure_pod_link(
+/// Renames the link and adds its addresses, then brings it up (with `alongside` running
+/// meanwhile): `alongside` runs only once the addresses are on, and its output is `None` when a
+/// step before failed.
+async fn configure_pod_link<F: Future>(
+    pod: &Netlink,
+    pod_ns: &Netns,
+    index: u32,
+    spec: &PodInterface,
+    alongside: F,
+) -> (Result<PodLink, NetError>, Option<F::Output>) {
+    let addressed = async {
+        pod.rename(index, &spec.ifname).await?;
+        for address in &spec.addresses {
+            pod.add_address(index, *address).await?;
+        }
+        Ok::<(), NetError>(())
+    }
+    .await;
+    if let Err(e) = addressed {
+        return (Err(e), None);
+    }
+    let (up, side) = tokio::join!(bring_up(pod, pod_ns, index, spec), alongside);
+    (up, Some(side))
+}
+
+async fn bring_up(
     pod: &Netlink,
     pod_ns: &Netns,
     index: u32,
     spec: &PodInterface,
 ) -> Result<PodLink, NetError> {
-    pod.rename(index, &spec.ifname).await?;
-    for address in &spec.addresses {
-        pod.add_address(index, *address).await?;
-    }
     // Before bring-up: the kernel sends its announcements on the transition to up.
     set_notify_sysctls(pod_ns, &spec.ifname)?;
     pod.set_up(index).await?;

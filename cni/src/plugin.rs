@@ -758,13 +758,7 @@ async fn add_in_subnet(
             return Err(e);
         }
     };
-    let setup = async {
-        let link = finish_link(&link_at, prepared, &res, &mut undo).await?;
-        alloc.commit(&res).await?;
-        tracing::debug!("committed");
-        Ok::<_, Error>(link)
-    }
-    .await;
+    let setup = finish_link(&link_at, prepared, alloc, &res, &mut undo).await;
     let (link, routes) = match setup {
         Ok(attached) => attached,
         Err(e) => {
@@ -859,11 +853,13 @@ async fn prepare_link(at: &LinkAt<'_>, undo: &mut Undo) -> Result<Prepared, Erro
     })
 }
 
-/// Gives the prepared link the reservation's MAC and address, brings it up with its routes,
-/// then routes the host to it through the shim when the subnet wants one.
+/// Gives the prepared link the reservation's MAC and address and brings it up with its routes,
+/// committing the reservation meanwhile (the address is on the link by then); then routes the
+/// host to it through the shim when the subnet wants one.
 async fn finish_link(
     at: &LinkAt<'_>,
     prepared: Prepared,
+    alloc: &Allocator,
     res: &Reservation,
     undo: &mut Undo,
 ) -> Result<(netlink::PodLink, Vec<Route>), Error> {
@@ -885,10 +881,21 @@ async fn finish_link(
         routes: routes.clone(),
         dad_timeout: ip.is_ipv6().then_some(DAD_TIMEOUT),
     };
-    let link = netlink::configure_pod_macvlan(link, at.pod_ns, &spec).await?;
+    let (configured, committed) =
+        netlink::configure_pod_macvlan_alongside(link, at.pod_ns, &spec, alloc.commit(res)).await;
+    if let (Some(Ok(c)), Some(_)) = (&committed, &undo.reservation) {
+        // What a failure from here on gives back is the committed reservation.
+        undo.reservation = Some(c.clone());
+    }
+    let link = configured?;
     tracing::debug!(index = link.index, "pod link up");
     undo.link = true;
     drop(vlan_lock);
+    match committed {
+        Some(Ok(_)) => tracing::debug!("committed"),
+        Some(Err(e)) => return Err(e.into()),
+        None => unreachable!("a configured link ran the commit alongside"),
+    }
 
     if at.subnet.host_shim {
         let shim = shim_name(at.parent);

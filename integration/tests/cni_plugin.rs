@@ -879,3 +879,33 @@ fn a_secondary_attachment_keeps_the_pods_default_route() {
         .unwrap()
         .contains("via 10.230.0.1 dev eth0"));
 }
+
+/// The commit runs while the link comes up; when bring-up then fails (here: IPv6 duplicate
+/// address detection finds the address on another host of the LAN), the committed reservation
+/// is given back and the link deleted.
+#[test]
+fn a_failure_after_the_commit_gives_the_address_back() {
+    let c = Cluster::new(2);
+    c.put_subnet("lan6", |s| {
+        s.cidr = "fd00:230::/64".into();
+        s.gateway = None;
+        s.ranges = vec![static_macvlan_allocator::RangeConfig {
+            start: "fd00:230::100".into(),
+            end: "fd00:230::1ff".into(),
+        }];
+    });
+    // Another host of the LAN already uses the address (not known to etcd).
+    c.lan
+        .node(1)
+        .ns
+        .ip(&["addr", "add", "fd00:230::abd/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    let mut conf = c.netconf("lan6", "1.1.0");
+    conf["runtimeConfig"] = json!({"ips": ["fd00:230::abd/64"]});
+    let p = Pod::new("dup6");
+    let run = c.cni(0, "ADD", &conf, &p, "net1");
+    assert_ne!(run.exit, 0, "{}", run.stdout);
+    assert!(run.msg().contains("fd00:230::abd"), "{}", run.msg());
+    assert!(c.reservations().is_empty(), "{}", c.dump());
+    assert_eq!(p.ns.link_names().unwrap(), ["lo"]);
+}
