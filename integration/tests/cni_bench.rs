@@ -1,6 +1,7 @@
 //! Benchmark (one run, prints a table): ADD and DEL latency of 200 sequential pods, and the wall
 //! time of 100 pods at concurrency 16, for `static-macvlan` and for the reference `macvlan` +
-//! `host-local`, on the same topology; and the peak RSS of one plugin invocation.
+//! `host-local`, on the same topology, interleaved pod by pod so that drift in the machine's load
+//! weighs on both alike; and the peak RSS of one plugin invocation.
 //!
 //! Ignored by default; run it on a release build:
 //! `cargo build --release -p static-macvlan-cni &&
@@ -86,44 +87,93 @@ struct Figures {
     wall: Duration,
 }
 
-fn measure(s: &dyn Subject, seq: &[Pod], conc: &[Pod]) -> Figures {
-    let mut adds = Vec::with_capacity(seq.len());
-    for p in seq {
-        let r = s.run("ADD", p);
-        assert_eq!(r.exit, 0, "{} ADD: {}", s.name(), r.stdout);
-        adds.push(r.elapsed);
-    }
-    let mut dels = Vec::with_capacity(seq.len());
-    for p in seq {
-        let r = s.run("DEL", p);
-        assert_eq!(r.exit, 0, "{} DEL: {}", s.name(), r.stdout);
-        dels.push(r.elapsed);
-    }
-    adds.sort();
-    dels.sort();
+/// The pods one subject runs on: its own, so that both subjects' links coexist.
+struct Pods {
+    seq: Vec<Pod>,
+    conc: Vec<Pod>,
+}
 
+impl Pods {
+    fn new(tag: &str) -> Pods {
+        Pods {
+            seq: (0..SEQUENTIAL)
+                .map(|i| Pod::new(&format!("{tag}s{i}")))
+                .collect(),
+            conc: (0..CONCURRENT)
+                .map(|i| Pod::new(&format!("{tag}c{i}")))
+                .collect(),
+        }
+    }
+}
+
+fn run_ok(s: &dyn Subject, command: &str, p: &Pod) -> Duration {
+    let r = s.run(command, p);
+    assert_eq!(r.exit, 0, "{} {command}: {}", s.name(), r.stdout);
+    r.elapsed
+}
+
+/// Wall time of ADD for all of `pods` at concurrency [`PARALLELISM`], then DEL of them all.
+fn concurrent_wall(s: &dyn Subject, pods: &[Pod]) -> Duration {
     let start = Instant::now();
     thread::scope(|scope| {
         for chunk in 0..PARALLELISM {
             scope.spawn(move || {
-                for p in conc.iter().skip(chunk).step_by(PARALLELISM) {
-                    let r = s.run("ADD", p);
-                    assert_eq!(r.exit, 0, "{} concurrent ADD: {}", s.name(), r.stdout);
+                for p in pods.iter().skip(chunk).step_by(PARALLELISM) {
+                    run_ok(s, "ADD", p);
                 }
             });
         }
     });
     let wall = start.elapsed();
-    for p in conc {
+    for p in pods {
         s.run("DEL", p);
     }
-    Figures {
-        add_p50: percentile(&adds, 0.5),
-        add_p99: percentile(&adds, 0.99),
-        del_p50: percentile(&dels, 0.5),
-        del_p99: percentile(&dels, 0.99),
-        wall,
+    wall
+}
+
+/// Both subjects in one interleaved run, so that whatever else the machine does weighs on both
+/// alike: pod i's ADD by one then by the other (alternating who goes first), the DELs likewise,
+/// then the concurrent bursts in the order a, b, b, a (each subject's wall is its mean).
+fn measure(a: &dyn Subject, b: &dyn Subject, pa: &Pods, pb: &Pods) -> (Figures, Figures) {
+    let (mut adds_a, mut adds_b, mut dels_a, mut dels_b) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, (x, y)) in pa.seq.iter().zip(&pb.seq).enumerate() {
+        if i % 2 == 0 {
+            adds_a.push(run_ok(a, "ADD", x));
+            adds_b.push(run_ok(b, "ADD", y));
+        } else {
+            adds_b.push(run_ok(b, "ADD", y));
+            adds_a.push(run_ok(a, "ADD", x));
+        }
     }
+    for (i, (x, y)) in pa.seq.iter().zip(&pb.seq).enumerate() {
+        if i % 2 == 0 {
+            dels_a.push(run_ok(a, "DEL", x));
+            dels_b.push(run_ok(b, "DEL", y));
+        } else {
+            dels_b.push(run_ok(b, "DEL", y));
+            dels_a.push(run_ok(a, "DEL", x));
+        }
+    }
+    let wall_a1 = concurrent_wall(a, &pa.conc);
+    let wall_b1 = concurrent_wall(b, &pb.conc);
+    let wall_b2 = concurrent_wall(b, &pb.conc);
+    let wall_a2 = concurrent_wall(a, &pa.conc);
+    let figures = |mut adds: Vec<Duration>, mut dels: Vec<Duration>, wall: Duration| {
+        adds.sort();
+        dels.sort();
+        Figures {
+            add_p50: percentile(&adds, 0.5),
+            add_p99: percentile(&adds, 0.99),
+            del_p50: percentile(&dels, 0.5),
+            del_p99: percentile(&dels, 0.99),
+            wall,
+        }
+    };
+    (
+        figures(adds_a, dels_a, (wall_a1 + wall_a2) / 2),
+        figures(adds_b, dels_b, (wall_b1 + wall_b2) / 2),
+    )
 }
 
 /// The largest resident set of any child process waited for so far, in KiB.
@@ -179,20 +229,14 @@ fn benchmark_against_the_reference_plugins() {
     ours.run("DEL", &probe).ok();
     let rss_kib = children_max_rss_kib();
 
-    let seq: Vec<Pod> = (0..SEQUENTIAL)
-        .map(|i| Pod::new(&format!("s{i}")))
-        .collect();
-    let conc: Vec<Pod> = (0..CONCURRENT)
-        .map(|i| Pod::new(&format!("c{i}")))
-        .collect();
+    let (pods_a, pods_b) = (Pods::new("a"), Pods::new("b"));
     // Warm both up (page cache, lazily created files).
     ours.run("ADD", &probe).ok();
     ours.run("DEL", &probe).ok();
     reference.run("ADD", &probe).ok();
     reference.run("DEL", &probe).ok();
 
-    let a = measure(&ours, &seq, &conc);
-    let b = measure(&reference, &seq, &conc);
+    let (a, b) = measure(&ours, &reference, &pods_a, &pods_b);
     let ratio = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64();
     let rows = [
         ("ADD p50", a.add_p50, b.add_p50, Some(0.6)),
