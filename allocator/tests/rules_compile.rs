@@ -451,3 +451,55 @@ fn multibyte_sources_get_character_columns() {
     let (_, _, position) = rejected(&with_match("'héllo' == pod.nom"));
     assert_eq!(position, pos(1, 15));
 }
+
+/// Expressions nested deeper than the interpreter's stack allows are refused with an error
+/// naming the limit, whatever the shape, instead of aborting the process; the limit itself
+/// compiles and runs. On the test harness's 2 MiB thread stacks, debug build included.
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    use static_macvlan_allocator::rules::{
+        AttachmentInfo, Budget, Context, PodInfo, RuleSet, MAX_NESTING,
+    };
+    let too_deep = [
+        // left-deep chains
+        format!("{}1 == 2", "1+".repeat(3000)),
+        // calls, parentheses, lists
+        format!("{}1{} == 1", "int(".repeat(1500), ")".repeat(1500)),
+        format!("{}1{} == 1", "(".repeat(3000), ")".repeat(3000)),
+        format!("{}1{}.size() == 1", "[".repeat(2000), "]".repeat(2000)),
+    ];
+    for src in &too_deep {
+        let (field, message, _) = rejected(&with_match(src));
+        assert_eq!(field, "spec.match");
+        assert!(
+            message.contains(&format!("more than the {MAX_NESTING} allowed"))
+                || message.contains("recursion")
+                || message.contains("deep"),
+            "{}…: {message}",
+            &src[..40]
+        );
+    }
+    // Long but flat: the parser balances chains of && and ||.
+    compile(
+        "flat",
+        &with_match(&format!("true{}", "&&true".repeat(1000))),
+    )
+    .unwrap();
+    // Right at the limit: a chain of MAX_NESTING - 2 additions (the == and the literal make
+    // the rest) compiles and evaluates.
+    let at_limit = format!("{}1 == {}", "1 + ".repeat(MAX_NESTING - 2), MAX_NESTING - 1);
+    let spec = with_match(&at_limit);
+    let set = RuleSet::new(vec![("limit".into(), spec)]).unwrap();
+    let ctx = Context {
+        pod: PodInfo {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: "u".into(),
+            node: "n".into(),
+            metadata: None,
+        },
+        attachment: AttachmentInfo::default(),
+    };
+    let decision = set.evaluate(&ctx, &Budget::default()).unwrap();
+    assert_eq!(decision.rule.as_deref(), Some("limit"), "{decision:?}");
+}

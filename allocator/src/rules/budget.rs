@@ -310,44 +310,54 @@ fn max_id(e: &IdedExpr) -> u64 {
 /// Calls `f` on every node of `e`.
 pub(crate) fn visit(e: &IdedExpr, f: &mut dyn FnMut(&IdedExpr)) {
     f(e);
+    for c in children(e) {
+        visit(c, f);
+    }
+}
+
+/// The levels `e` nests, counted without recursion (an expression too deep to walk recursively
+/// must still be measured, to be refused).
+pub(crate) fn depth(e: &IdedExpr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(e, 1usize)];
+    while let Some((n, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        stack.extend(children(n).into_iter().map(|c| (c, d + 1)));
+    }
+    deepest
+}
+
+/// The direct sub-expressions of `e`.
+fn children(e: &IdedExpr) -> Vec<&IdedExpr> {
     match &e.expr {
-        Expr::Call(call) => {
-            if let Some(t) = &call.target {
-                visit(t, f);
-            }
-            for a in &call.args {
-                visit(a, f);
-            }
-        }
-        Expr::Comprehension(c) => {
-            for part in [
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ] {
-                visit(part, f);
-            }
-        }
-        Expr::List(l) => l.elements.iter().for_each(|x| visit(x, f)),
-        Expr::Map(m) => {
-            for entry in &m.entries {
-                if let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr {
-                    visit(&me.key, f);
-                    visit(&me.value, f);
-                }
-            }
-        }
-        Expr::Struct(s) => {
-            for entry in &s.entries {
-                if let cel::common::ast::EntryExpr::StructField(sf) = &entry.expr {
-                    visit(&sf.value, f);
-                }
-            }
-        }
-        Expr::Select(s) => visit(&s.operand, f),
-        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        Expr::Call(call) => call.target.iter().map(|t| &**t).chain(&call.args).collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::List(l) => l.elements.iter().collect(),
+        Expr::Map(m) => m
+            .entries
+            .iter()
+            .filter_map(|entry| match &entry.expr {
+                cel::common::ast::EntryExpr::MapEntry(me) => Some([&me.key, &me.value]),
+                _ => None,
+            })
+            .flatten()
+            .collect(),
+        Expr::Struct(s) => s
+            .entries
+            .iter()
+            .filter_map(|entry| match &entry.expr {
+                cel::common::ast::EntryExpr::StructField(sf) => Some(&sf.value),
+                _ => None,
+            })
+            .collect(),
+        Expr::Select(s) => vec![&*s.operand],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
     }
 }
 

@@ -26,6 +26,12 @@ use super::{Position, RuleError};
 /// Longest expression source accepted, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 8 * 1024;
 
+/// The deepest an expression may nest (`a + b + c` is 3 levels, so is `f(g(h(x)))`): the type
+/// checker, the instrumentation and the `cel` interpreter all recurse over the tree, and a deeper
+/// one could overflow a thread's stack and abort the process — the operator or the plugin — where
+/// it must be refused with an error. Real rules nest a few levels per condition.
+pub const MAX_NESTING: usize = 32;
+
 /// The result type an expression field requires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Want {
@@ -146,6 +152,44 @@ fn reads_pod_metadata(ast: &IdedExpr) -> bool {
     uses > basic
 }
 
+/// The deepest nesting of `(`, `[` and `{` in `source`, outside string literals (quoted with
+/// `'` or `"`, single or tripled, raw or with backslash escapes).
+fn bracket_depth(source: &str) -> usize {
+    let b = source.as_bytes();
+    let (mut i, mut depth, mut deepest) = (0, 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"') => {
+                let raw = i > 0 && matches!(b[i - 1], b'r' | b'R');
+                let triple = b[i..].starts_with(&[q, q, q]);
+                i += if triple { 3 } else { 1 };
+                while i < b.len() {
+                    if b[i] == b'\\' && !raw {
+                        i += 2;
+                    } else if triple && b[i..].starts_with(&[q, q, q]) {
+                        i += 3;
+                        break;
+                    } else if !triple && b[i] == q {
+                        i += 1;
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    deepest
+}
+
 /// Errors that show the expression itself is wrong, whatever the pod: a trial run that hits one
 /// rejects the expression. The others (a missing key, an index out of range, `int("x")`)
 /// depend on the data and are left to evaluation.
@@ -264,6 +308,14 @@ impl CompiledExpr {
                 None,
             ));
         }
+        // The parser recurses on brackets: measure them on the text first.
+        let brackets = bracket_depth(source);
+        if brackets > MAX_NESTING {
+            return Err(invalid(
+                format!("nests brackets {brackets} deep, more than the {MAX_NESTING} allowed"),
+                None,
+            ));
+        }
         let ast = match PrattParser::new()
             .enable_optional_syntax(true)
             .parse(source)
@@ -274,6 +326,16 @@ impl CompiledExpr {
                 Err(errors) => return Err(parse_error(rule, field, &errors)),
             },
         };
+        let nesting = super::budget::depth(&ast);
+        if nesting > MAX_NESTING {
+            return Err(invalid(
+                format!(
+                    "nests {nesting} levels deep, more than the {MAX_NESTING} allowed \
+                     (split it, or use a list and a macro such as exists())"
+                ),
+                None,
+            ));
+        }
         let checked = match check(&ast) {
             Ok(checked) => checked,
             Err(e) => {

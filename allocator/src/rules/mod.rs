@@ -41,7 +41,7 @@ pub use engine::{
     compile, compile_selector, needs_pod_metadata, selector_allows, CacheUse, CompiledRule,
     Decision, RuleSet, Selector, Sticky,
 };
-pub use expr::MAX_EXPRESSION_BYTES;
+pub use expr::{MAX_EXPRESSION_BYTES, MAX_NESTING};
 pub use spec::{content_hash, AllocationRuleSpec, DenySpec, StickySpec, MAX_HOLD_SECONDS};
 
 /// Where in an expression's source an error is: 1-based line and column (in characters).
