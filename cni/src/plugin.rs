@@ -2,13 +2,15 @@
 //! the netlink layer.
 //!
 //! ADD validates everything it can before it changes anything (input, subnet, static requests,
-//! the master link and its MTU), then reserves (pending, under a lease), sets the interface up,
-//! and commits. Every step that changed something is recorded in [`Undo`]; a failure undoes them
-//! in reverse order, so a failed ADD leaves no link, no route and no reservation behind.
+//! the master link and its MTU), then reserves (pending, under a lease) while it creates the
+//! link, configures the link, and commits while the link comes up. Every step that changed
+//! something is recorded in `Undo`; a failure undoes them in reverse order, so a failed ADD
+//! leaves no link, no route and no reservation behind.
 //!
-//! DEL is idempotent and lenient: a missing namespace, link or reservation is success. The link
-//! is deleted before the address is released, so an address is never handed to another pod
-//! while the old interface could still answer for it.
+//! DEL is idempotent and lenient: a missing namespace, link or reservation is success. The pod
+//! link's addresses are removed before the reservation is released, so an address is never
+//! handed to another pod while the old interface could still answer for it; the slow link
+//! deletion runs meanwhile on a thread of its own.
 
 use std::collections::HashSet;
 use std::io;
