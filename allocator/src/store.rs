@@ -199,22 +199,21 @@ impl SharedLease {
 /// transaction and a fresh read, with no backoff. A one-shot plugin process has none.
 #[derive(Default)]
 struct Hints {
-    inner: std::sync::Mutex<HintMaps>,
+    inner: std::sync::Mutex<HashMap<HintPool, Vec<Addr>>>,
 }
 
-#[derive(Default)]
-struct HintMaps {
-    /// By subnet name.
-    ips: HashMap<String, Vec<IpAddr>>,
-    /// By MAC pool name.
-    macs: HashMap<String, Vec<MacAddr>>,
+/// Which pool a list of hints is of.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum HintPool {
+    Subnet(String),
+    MacPool(String),
 }
 
 /// Hints kept per pool: one window's worth.
 const MAX_HINTS: usize = 64;
 
 impl Hints {
-    fn maps(&self) -> std::sync::MutexGuard<'_, HintMaps> {
+    fn lists(&self) -> std::sync::MutexGuard<'_, HashMap<HintPool, Vec<Addr>>> {
         // Plain data: a panic elsewhere cannot leave it inconsistent.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -227,34 +226,38 @@ impl Hints {
         ip_req: IpRequest,
         mac_req: &MacRequest,
     ) -> Option<(IpAddr, Option<MacAddr>)> {
-        let mut maps = self.maps();
-        let mut ip = match ip_req {
-            IpRequest::Static(a) => Some(a),
-            IpRequest::Auto => None,
+        let mut lists = self.lists();
+        let mut pop = |pool: HintPool, fits: &dyn Fn(&Addr) -> bool| {
+            let list = lists.get_mut(&pool)?;
+            std::iter::from_fn(|| list.pop()).find(|a| fits(a))
         };
-        if ip.is_none() {
-            let list = maps.ips.get_mut(&subnet.name)?;
-            while let Some(a) = list.pop() {
-                if a.is_ipv4() == subnet.cidr.is_ipv4() && subnet.pool().contains(ip_to_u128(a)) {
-                    ip = Some(a);
-                    break;
+        let ip = match ip_req {
+            IpRequest::Static(a) => a,
+            IpRequest::Auto => {
+                let fits = |a: &Addr| {
+                    matches!(a, Addr::Ip(ip) if ip.is_ipv4() == subnet.cidr.is_ipv4()
+                        && subnet.pool().contains(ip_to_u128(*ip)))
+                };
+                match pop(HintPool::Subnet(subnet.name.clone()), &fits)? {
+                    Addr::Ip(ip) => ip,
+                    Addr::Mac(_) => unreachable!("only IPs fit"),
                 }
             }
-        }
-        let ip = ip?;
+        };
         let mac = match mac_req {
             MacRequest::None => None,
             MacRequest::Static(m) => Some(*m),
             MacRequest::Auto(pool) => {
-                let found = maps.macs.get_mut(&pool.name).and_then(|list| {
-                    std::iter::from_fn(|| list.pop())
-                        .find(|m| pool.set().contains(u128::from(m.to_u64())))
-                });
-                match found {
-                    Some(m) => Some(m),
+                let fits = |a: &Addr| matches!(a, Addr::Mac(m) if pool.set().contains(u128::from(m.to_u64())));
+                match pop(HintPool::MacPool(pool.name.clone()), &fits) {
+                    Some(Addr::Mac(m)) => Some(m),
+                    Some(Addr::Ip(_)) => unreachable!("only MACs fit"),
                     None => {
                         if let IpRequest::Auto = ip_req {
-                            maps.ips.entry(subnet.name.clone()).or_default().push(ip);
+                            lists
+                                .entry(HintPool::Subnet(subnet.name.clone()))
+                                .or_default()
+                                .push(Addr::Ip(ip));
                         }
                         return None;
                     }
@@ -265,40 +268,23 @@ impl Hints {
         automatic.then_some((ip, mac))
     }
 
-    /// The pick of a window read of `subnet` (the first of `free`); the rest become its hints.
-    fn pick(&self, subnet: &Subnet, mut free: Vec<Addr>) -> Option<Addr> {
-        let first = (!free.is_empty()).then(|| free.remove(0))?;
-        let rest = free.into_iter().filter_map(|a| match a {
-            Addr::Ip(ip) => Some(ip),
-            Addr::Mac(_) => None,
-        });
-        let mut maps = self.maps();
-        let list = maps.ips.entry(subnet.name.clone()).or_default();
-        list.clear();
-        list.extend(rest.take(MAX_HINTS));
-        Some(first)
-    }
-
-    /// As [`Hints::pick`], for a MAC pool.
-    fn pick_mac(&self, pool: &MacPool, mut free: Vec<Addr>) -> Option<Addr> {
-        let first = (!free.is_empty()).then(|| free.remove(0))?;
-        let rest = free.into_iter().filter_map(|a| match a {
-            Addr::Mac(m) => Some(m),
-            Addr::Ip(_) => None,
-        });
-        let mut maps = self.maps();
-        let list = maps.macs.entry(pool.name.clone()).or_default();
-        list.clear();
-        list.extend(rest.take(MAX_HINTS));
+    /// The pick of a window read of `pool` (the first of `free`); the rest become its hints.
+    fn pick(&self, pool: HintPool, mut free: Vec<Addr>) -> Option<Addr> {
+        if free.is_empty() {
+            return None;
+        }
+        let first = free.remove(0);
+        free.truncate(MAX_HINTS);
+        self.lists().insert(pool, free);
         Some(first)
     }
 
     /// Drops the hints a failed blind claim drew from: their window is out of date.
     fn forget(&self, subnet: &Subnet, mac_req: &MacRequest) {
-        let mut maps = self.maps();
-        maps.ips.remove(&subnet.name);
+        let mut lists = self.lists();
+        lists.remove(&HintPool::Subnet(subnet.name.clone()));
         if let MacRequest::Auto(pool) = mac_req {
-            maps.macs.remove(&pool.name);
+            lists.remove(&HintPool::MacPool(pool.name.clone()));
         }
     }
 }
@@ -940,9 +926,10 @@ impl Allocator {
                 a
             }
             IpRequest::Auto => {
-                let mut found = ip_window
-                    .as_ref()
-                    .and_then(|w| self.hints.pick(subnet, w.free(ip_resp)));
+                let mut found = ip_window.as_ref().and_then(|w| {
+                    self.hints
+                        .pick(HintPool::Subnet(subnet.name.clone()), w.free(ip_resp))
+                });
                 let mut full = u32::from(ip_window.is_some() && found.is_none());
                 while found.is_none() {
                     if full == self.opts.sampled_windows
@@ -963,7 +950,9 @@ impl Allocator {
                         .txn(&read_op, Txn::new().and_then(w.ops()))
                         .await?
                         .op_responses();
-                    found = self.hints.pick(subnet, w.free(&resp));
+                    found = self
+                        .hints
+                        .pick(HintPool::Subnet(subnet.name.clone()), w.free(&resp));
                     full += 1;
                 }
                 match found {
@@ -987,9 +976,10 @@ impl Allocator {
             }
             MacRequest::Auto(pool) => {
                 let blocks = mac_blocks.as_mut().expect("auto mac has blocks");
-                let mut found = mac_window
-                    .as_ref()
-                    .and_then(|w| self.hints.pick_mac(pool, w.free(mac_resp)));
+                let mut found = mac_window.as_ref().and_then(|w| {
+                    self.hints
+                        .pick(HintPool::MacPool(pool.name.clone()), w.free(mac_resp))
+                });
                 let sweep_limit = blocks.total.min(u128::from(self.opts.full_sweep_windows));
                 while found.is_none() {
                     let b = match blocks.advance() {
@@ -1006,7 +996,9 @@ impl Allocator {
                         .txn("read mac candidates", Txn::new().and_then(w.ops()))
                         .await?
                         .op_responses();
-                    found = self.hints.pick_mac(pool, w.free(&resp));
+                    found = self
+                        .hints
+                        .pick(HintPool::MacPool(pool.name.clone()), w.free(&resp));
                 }
                 match found {
                     Some(Addr::Mac(m)) => Some(m),
