@@ -202,22 +202,28 @@ async fn connect(conf: &NetConf) -> Result<Allocator, Error> {
 /// through a file in the run dir, one per etcd cluster (named after its endpoints), so that
 /// most ADDs find a lease and skip the grant, a write etcd syncs to disk.
 async fn connect_for_add(conf: &NetConf, settings: &Settings) -> Result<Allocator, Error> {
-    use std::hash::{Hash, Hasher};
     let mut endpoints = conf.etcd.endpoints.clone();
     endpoints.sort();
-    let mut h = std::hash::DefaultHasher::new();
-    endpoints.hash(&mut h);
     let opts = Options {
         pending_ttl: conf.pending_ttl,
-        lease_file: Some(
-            settings
-                .run_dir
-                .join("leases")
-                .join(format!("{:016x}.json", h.finish())),
-        ),
+        lease_file: Some(node_file(&settings.run_dir, "leases", &endpoints, "json")),
         ..Options::default()
     };
     Ok(Allocator::connect(&conf.etcd, opts).await?)
+}
+
+/// `<run_dir>/<dir>/<hash of key>.<ext>`: where the node keeps what its invocations share, one
+/// file per `key` (an etcd cluster, a prefix).
+pub(crate) fn node_file(
+    run_dir: &Path,
+    dir: &str,
+    key: &impl std::hash::Hash,
+    ext: &str,
+) -> PathBuf {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    run_dir.join(dir).join(format!("{:016x}.{ext}", h.finish()))
 }
 
 /// Opens `CNI_NETNS`; a path that does not exist is the runtime's error (code 4).

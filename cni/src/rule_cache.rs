@@ -12,7 +12,6 @@
 //! debug level. `/run` is a tmpfs: the cache starts empty after a reboot.
 
 use std::fs::{self, File, OpenOptions};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -80,11 +79,7 @@ fn scope(etcd: &EtcdConfig) -> String {
 /// hash only spreads scopes over file names: the content carries the whole identity, which is
 /// what is checked.
 fn cache_path(run_dir: &Path, etcd: &EtcdConfig) -> PathBuf {
-    let mut h = DefaultHasher::new();
-    scope(etcd).hash(&mut h);
-    run_dir
-        .join("rules")
-        .join(format!("{:016x}.cache", h.finish()))
+    crate::plugin::node_file(run_dir, "rules", &scope(etcd), "cache")
 }
 
 /// The cache's bytes, if it is a regular file of this user that no one else can write.
