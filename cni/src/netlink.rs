@@ -1437,6 +1437,11 @@ impl PendingPodLink {
         self.index
     }
 
+    /// The connection to the pod namespace the link was created through, for further queries.
+    pub fn netlink(&self) -> &Netlink {
+        &self.pod
+    }
+
     /// Deletes the link (best effort: a failed ADD reports its own error, not this one).
     pub async fn discard(self) {
         if let Err(e) = self.pod.delete_link(self.index).await {

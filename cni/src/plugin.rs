@@ -816,21 +816,6 @@ struct Prepared {
 /// the macvlan itself, created down under a temporary name.
 async fn prepare_link(at: &LinkAt<'_>, undo: &mut Undo) -> Result<Prepared, Error> {
     let subnet = at.subnet;
-    // A secondary attachment (Multus) joins a pod that already has a default route through its
-    // primary network: replacing it would cut the pod off from the cluster, and adding a second
-    // one fails (EEXIST). The subnet's default route is for pods where this is the only network.
-    let mut routes = routes_of(subnet);
-    if routes.iter().any(|r| r.destination.prefix() == 0)
-        && Netlink::open_in(at.pod_ns)?
-            .has_default_route(subnet.cidr.is_ipv6())
-            .await?
-    {
-        routes.retain(|r| r.destination.prefix() != 0);
-        tracing::info!(
-            subnet = %subnet.name,
-            "the pod already has a default route (its primary network); not adding the subnet's"
-        );
-    }
     let vlan_lock = if subnet.vlan != 0 {
         let lock = LinkLock::acquire(&at.settings.lock_dir(), at.parent)?;
         let (_, created) = at.host.ensure_vlan(at.master, subnet.vlan).await?;
@@ -842,6 +827,7 @@ async fn prepare_link(at: &LinkAt<'_>, undo: &mut Undo) -> Result<Prepared, Erro
     } else {
         None
     };
+    let mut routes = routes_of(subnet);
     let spec = PodInterface {
         parent: at.parent.to_string(),
         ifname: at.ifname.to_string(),
@@ -854,6 +840,30 @@ async fn prepare_link(at: &LinkAt<'_>, undo: &mut Undo) -> Result<Prepared, Erro
     };
     let link = netlink::create_pod_macvlan(at.host, at.pod_ns, &spec).await?;
     tracing::debug!(index = link.index(), "pod link created");
+    // A secondary attachment (Multus) joins a pod that already has a default route through its
+    // primary network: replacing it would cut the pod off from the cluster, and adding a second
+    // one fails (EEXIST). The subnet's default route is for pods where this is the only network.
+    // Asked on the new link's connection to the pod (the link itself is down, without routes).
+    if routes.iter().any(|r| r.destination.prefix() == 0) {
+        match link
+            .netlink()
+            .has_default_route(subnet.cidr.is_ipv6())
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => {
+                routes.retain(|r| r.destination.prefix() != 0);
+                tracing::info!(
+                    subnet = %subnet.name,
+                    "the pod already has a default route (its primary network); not adding the subnet's"
+                );
+            }
+            Err(e) => {
+                link.discard().await;
+                return Err(e.into());
+            }
+        }
+    }
     Ok(Prepared {
         link,
         routes,
