@@ -52,6 +52,12 @@ pub struct Options {
     /// grant, a write that etcd syncs to disk, serves every ADD of the next quarter TTL. The
     /// caller names one file per etcd cluster. `None`: the lease lives in this allocator only.
     pub lease_file: Option<PathBuf>,
+    /// A file through which short-lived processes on one host share hints: the free addresses
+    /// a window read saw besides the one it took, which the next reservations claim without a
+    /// read of their own (each hint drawn by one process only, under a lock of the file). The
+    /// caller names one file per etcd cluster and prefix. `None`: hints live in this allocator
+    /// only.
+    pub hints_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -63,6 +69,7 @@ impl Default for Options {
             max_attempts: 100,
             request_timeout: Duration::from_secs(6),
             lease_file: None,
+            hints_file: None,
         }
     }
 }
@@ -196,10 +203,12 @@ impl SharedLease {
 /// by its next reservations: a long-lived allocator (the operator, a benchmark's client) reads
 /// one window per several reservations instead of one per reservation, also in a nearly full
 /// pool. Only a guess: the claim is still a compare-and-swap, and a stale hint costs one failed
-/// transaction and a fresh read, with no backoff. A one-shot plugin process has none.
+/// transaction and a fresh read, with no backoff. Short-lived processes on one host (the
+/// plugin's invocations) share them through [`Options::hints_file`].
 #[derive(Default)]
 struct Hints {
     inner: std::sync::Mutex<HashMap<HintPool, Vec<Addr>>>,
+    file: Option<PathBuf>,
 }
 
 /// Which pool a list of hints is of.
@@ -209,13 +218,167 @@ enum HintPool {
     MacPool(String),
 }
 
+impl HintPool {
+    /// The name of its list in a hints file.
+    fn file_key(&self) -> String {
+        match self {
+            HintPool::Subnet(s) => format!("subnet/{s}"),
+            HintPool::MacPool(p) => format!("macpool/{p}"),
+        }
+    }
+
+    fn from_file_key(k: &str) -> Option<HintPool> {
+        match k.split_once('/')? {
+            ("subnet", s) => Some(HintPool::Subnet(s.to_string())),
+            ("macpool", p) => Some(HintPool::MacPool(p.to_string())),
+            _ => None,
+        }
+    }
+}
+
 /// Hints kept per pool: one window's worth.
 const MAX_HINTS: usize = 64;
 
+/// Hints in a file older than this are not used: other hosts' reservations since then make
+/// them ever less likely to be free.
+const MAX_SHARED_HINT_AGE: Duration = Duration::from_secs(30);
+
+/// The hints as kept in [`Options::hints_file`]: per pool, when its window was read and what
+/// was left of it.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct SharedHints {
+    pools: std::collections::BTreeMap<String, SharedList>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SharedList {
+    read_unix_ms: u64,
+    addrs: Vec<String>,
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl SharedHints {
+    /// The fresh lists of a file's content; anything that does not parse counts as no hints.
+    fn parse(bytes: &[u8]) -> HashMap<HintPool, (u64, Vec<Addr>)> {
+        let now = unix_ms_now();
+        let max_age = MAX_SHARED_HINT_AGE.as_millis() as u64;
+        let shared: SharedHints = serde_json::from_slice(bytes).unwrap_or_default();
+        shared
+            .pools
+            .into_iter()
+            .filter(|(_, l)| l.read_unix_ms <= now && now - l.read_unix_ms < max_age)
+            .filter_map(|(k, l)| {
+                let pool = HintPool::from_file_key(&k)?;
+                let addrs = l
+                    .addrs
+                    .iter()
+                    .filter_map(|a| match pool {
+                        HintPool::Subnet(_) => a.parse().ok().map(Addr::Ip),
+                        HintPool::MacPool(_) => a.parse().ok().map(Addr::Mac),
+                    })
+                    .collect();
+                Some((pool, (l.read_unix_ms, addrs)))
+            })
+            .collect()
+    }
+
+    fn render(lists: &HashMap<HintPool, (u64, Vec<Addr>)>) -> Vec<u8> {
+        let pools = lists
+            .iter()
+            .filter(|(_, (_, addrs))| !addrs.is_empty())
+            .map(|(pool, (read, addrs))| {
+                let addrs = addrs
+                    .iter()
+                    .map(|a| match a {
+                        Addr::Ip(ip) => ip.to_string(),
+                        Addr::Mac(m) => m.to_string(),
+                    })
+                    .collect();
+                let list = SharedList {
+                    read_unix_ms: *read,
+                    addrs,
+                };
+                (pool.file_key(), list)
+            })
+            .collect();
+        serde_json::to_vec(&SharedHints { pools }).expect("hints serialize")
+    }
+}
+
 impl Hints {
-    fn lists(&self) -> std::sync::MutexGuard<'_, HashMap<HintPool, Vec<Addr>>> {
+    fn new(file: Option<PathBuf>) -> Hints {
+        Hints {
+            inner: Default::default(),
+            file,
+        }
+    }
+
+    /// Runs `f` on the lists: this allocator's own, or with a hints file, the file's, under an
+    /// exclusive lock of it so that no two processes draw the same hint. A file that cannot be
+    /// used is no worse than no hints: `f` then runs on an empty set, and nothing is kept.
+    fn edit<R>(&self, f: impl FnOnce(&mut HashMap<HintPool, Vec<Addr>>) -> R) -> R {
         // Plain data: a panic elsewhere cannot leave it inconsistent.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        let mut mine = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = &self.file else {
+            return f(&mut mine);
+        };
+        let opened = (|| {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+            file.lock()?;
+            Ok::<_, std::io::Error>(file)
+        })();
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(file = %path.display(), error = %e, "cannot share hints");
+                return f(&mut HashMap::new());
+            }
+        };
+        use std::io::{Read, Seek, Write};
+        let mut bytes = Vec::new();
+        let _ = file.read_to_end(&mut bytes);
+        let mut stamped = SharedHints::parse(&bytes);
+        let mut lists: HashMap<HintPool, Vec<Addr>> = stamped
+            .iter()
+            .map(|(p, (_, a))| (p.clone(), a.clone()))
+            .collect();
+        let before = lists.clone();
+        let out = f(&mut lists);
+        if lists != before {
+            let now = unix_ms_now();
+            stamped.retain(|p, _| lists.contains_key(p));
+            for (pool, addrs) in lists {
+                // A list that only shrank keeps the time of its read; a new one is read now.
+                let read = match (stamped.get(&pool), before.get(&pool)) {
+                    (Some((t, _)), Some(old)) if addrs.iter().all(|a| old.contains(a)) => *t,
+                    _ => now,
+                };
+                stamped.insert(pool, (read, addrs));
+            }
+            let written = file
+                .set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(&SharedHints::render(&stamped)));
+            if let Err(e) = written {
+                tracing::debug!(file = %path.display(), error = %e, "cannot share hints");
+            }
+        }
+        out
     }
 
     /// Blind choices for a request with at least one automatic part and a hint for each, still
@@ -226,46 +389,52 @@ impl Hints {
         ip_req: IpRequest,
         mac_req: &MacRequest,
     ) -> Option<(IpAddr, Option<MacAddr>)> {
-        let mut lists = self.lists();
-        let mut pop = |pool: HintPool, fits: &dyn Fn(&Addr) -> bool| {
-            let list = lists.get_mut(&pool)?;
-            std::iter::from_fn(|| list.pop()).find(|a| fits(a))
-        };
-        let ip = match ip_req {
-            IpRequest::Static(a) => a,
-            IpRequest::Auto => {
-                let fits = |a: &Addr| {
-                    matches!(a, Addr::Ip(ip) if ip.is_ipv4() == subnet.cidr.is_ipv4()
-                        && subnet.pool().contains(ip_to_u128(*ip)))
-                };
-                match pop(HintPool::Subnet(subnet.name.clone()), &fits)? {
-                    Addr::Ip(ip) => ip,
-                    Addr::Mac(_) => unreachable!("only IPs fit"),
-                }
-            }
-        };
-        let mac = match mac_req {
-            MacRequest::None => None,
-            MacRequest::Static(m) => Some(*m),
-            MacRequest::Auto(pool) => {
-                let fits = |a: &Addr| matches!(a, Addr::Mac(m) if pool.set().contains(u128::from(m.to_u64())));
-                match pop(HintPool::MacPool(pool.name.clone()), &fits) {
-                    Some(Addr::Mac(m)) => Some(m),
-                    Some(Addr::Ip(_)) => unreachable!("only MACs fit"),
-                    None => {
-                        if let IpRequest::Auto = ip_req {
-                            lists
-                                .entry(HintPool::Subnet(subnet.name.clone()))
-                                .or_default()
-                                .push(Addr::Ip(ip));
-                        }
-                        return None;
+        let automatic = matches!(ip_req, IpRequest::Auto) || matches!(mac_req, MacRequest::Auto(_));
+        if !automatic {
+            return None;
+        }
+        self.edit(|lists| {
+            let mut pop = |pool: HintPool, fits: &dyn Fn(&Addr) -> bool| {
+                let list = lists.get_mut(&pool)?;
+                std::iter::from_fn(|| list.pop()).find(|a| fits(a))
+            };
+            let ip = match ip_req {
+                IpRequest::Static(a) => a,
+                IpRequest::Auto => {
+                    let fits = |a: &Addr| {
+                        matches!(a, Addr::Ip(ip) if ip.is_ipv4() == subnet.cidr.is_ipv4()
+                            && subnet.pool().contains(ip_to_u128(*ip)))
+                    };
+                    match pop(HintPool::Subnet(subnet.name.clone()), &fits)? {
+                        Addr::Ip(ip) => ip,
+                        Addr::Mac(_) => unreachable!("only IPs fit"),
                     }
                 }
-            }
-        };
-        let automatic = matches!(ip_req, IpRequest::Auto) || matches!(mac_req, MacRequest::Auto(_));
-        automatic.then_some((ip, mac))
+            };
+            let mac = match mac_req {
+                MacRequest::None => None,
+                MacRequest::Static(m) => Some(*m),
+                MacRequest::Auto(pool) => {
+                    let fits = |a: &Addr| {
+                        matches!(a, Addr::Mac(m) if pool.set().contains(u128::from(m.to_u64())))
+                    };
+                    match pop(HintPool::MacPool(pool.name.clone()), &fits) {
+                        Some(Addr::Mac(m)) => Some(m),
+                        Some(Addr::Ip(_)) => unreachable!("only MACs fit"),
+                        None => {
+                            if let IpRequest::Auto = ip_req {
+                                lists
+                                    .entry(HintPool::Subnet(subnet.name.clone()))
+                                    .or_default()
+                                    .push(Addr::Ip(ip));
+                            }
+                            return None;
+                        }
+                    }
+                }
+            };
+            Some((ip, mac))
+        })
     }
 
     /// The pick of a window read of `pool` (the first of `free`); the rest become its hints.
@@ -275,17 +444,18 @@ impl Hints {
         }
         let first = free.remove(0);
         free.truncate(MAX_HINTS);
-        self.lists().insert(pool, free);
+        self.edit(|lists| lists.insert(pool, free));
         Some(first)
     }
 
     /// Drops the hints a failed blind claim drew from: their window is out of date.
     fn forget(&self, subnet: &Subnet, mac_req: &MacRequest) {
-        let mut lists = self.lists();
-        lists.remove(&HintPool::Subnet(subnet.name.clone()));
-        if let MacRequest::Auto(pool) = mac_req {
-            lists.remove(&HintPool::MacPool(pool.name.clone()));
-        }
+        self.edit(|lists| {
+            lists.remove(&HintPool::Subnet(subnet.name.clone()));
+            if let MacRequest::Auto(pool) = mac_req {
+                lists.remove(&HintPool::MacPool(pool.name.clone()));
+            }
+        });
     }
 }
 
@@ -345,9 +515,9 @@ impl Allocator {
         Allocator {
             client,
             keys,
-            opts,
             lease: Arc::new(Mutex::new(None)),
-            hints: Arc::default(),
+            hints: Arc::new(Hints::new(opts.hints_file.clone())),
+            opts,
         }
     }
 

@@ -106,3 +106,77 @@ async fn hints_spare_reads_and_a_stale_one_only_costs_a_retry() {
     );
     assert_eq!(c.usage(&big).await.unwrap().used, 64);
 }
+
+/// Short-lived processes share hints through a file: one window read serves the next
+/// allocators, each hint is drawn by one of them only (also concurrently), and a garbled file
+/// is no hints, not an error.
+#[tokio::test]
+async fn a_hints_file_shares_one_window_read_between_allocators() {
+    let f = fixture(Options::default()).await;
+    let big = put_subnet(
+        &f.alloc,
+        "big",
+        subnet_config("10.232.0.0/16", "10.232.0.1", vec![]),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hints").join("scope.json");
+    let opts = || Options {
+        hints_file: Some(file.clone()),
+        ..Options::default()
+    };
+    let endpoint = f.etcd.endpoint();
+
+    // The first one-shot allocator reads a window; the next ones claim blind, one
+    // transaction each, from what it left in the file.
+    let mut ips = HashSet::new();
+    let before = txns_served(&endpoint);
+    for i in 0..10 {
+        let a = Allocator::connect(&f.cfg, opts()).await.unwrap();
+        let r = a
+            .reserve(&big, &owner(i), IpRequest::Auto, &MacRequest::None)
+            .await
+            .unwrap();
+        assert!(ips.insert(r.record.ip), "duplicate {}", r.record.ip);
+    }
+    assert_eq!(
+        txns_served(&endpoint) - before,
+        11,
+        "one read and ten claims"
+    );
+    assert!(file.exists());
+
+    // 16 at once: distinct hints under the file's lock, so no claim is lost to a sibling.
+    let before = txns_served(&endpoint);
+    let mut tasks = Vec::new();
+    for i in 10..26 {
+        let (cfg, big, o) = (f.cfg.clone(), big.clone(), opts());
+        tasks.push(tokio::spawn(async move {
+            let a = Allocator::connect(&cfg, o).await.unwrap();
+            a.reserve(&big, &owner(i), IpRequest::Auto, &MacRequest::None)
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(ips.insert(r.record.ip), "duplicate {}", r.record.ip);
+    }
+    let served = txns_served(&endpoint) - before;
+    assert!(
+        served <= 18,
+        "16 concurrent reservations took {served} transactions"
+    );
+
+    // A garbled file: read a window again, and the file is usable afterwards.
+    std::fs::write(&file, b"{not json").unwrap();
+    let a = Allocator::connect(&f.cfg, opts()).await.unwrap();
+    let r = a
+        .reserve(&big, &owner(100), IpRequest::Auto, &MacRequest::None)
+        .await
+        .unwrap();
+    assert!(ips.insert(r.record.ip));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("subnet/big"), "{text}");
+    assert_eq!(f.alloc.usage(&big).await.unwrap().used, 27);
+}

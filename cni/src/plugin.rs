@@ -198,15 +198,19 @@ async fn connect(conf: &NetConf) -> Result<Allocator, Error> {
     Ok(Allocator::connect(&conf.etcd, opts).await?)
 }
 
-/// As [`connect`], for an ADD: the pending lease is shared with the node's other invocations
-/// through a file in the run dir, one per etcd cluster (named after its endpoints), so that
-/// most ADDs find a lease and skip the grant, a write etcd syncs to disk.
+/// As [`connect`], for an ADD, sharing with the node's other invocations through files in the
+/// run dir: the pending lease, one file per etcd cluster (named after its endpoints), so that
+/// most ADDs find a lease and skip the grant, a write etcd syncs to disk; and the free
+/// addresses a window read saw, one file per cluster and prefix, so that most ADDs claim one
+/// without reading a window first.
 async fn connect_for_add(conf: &NetConf, settings: &Settings) -> Result<Allocator, Error> {
     let mut endpoints = conf.etcd.endpoints.clone();
     endpoints.sort();
+    let scope = (&endpoints, &conf.etcd.prefix);
     let opts = Options {
         pending_ttl: conf.pending_ttl,
         lease_file: Some(node_file(&settings.run_dir, "leases", &endpoints, "json")),
+        hints_file: Some(node_file(&settings.run_dir, "hints", &scope, "json")),
         ..Options::default()
     };
     Ok(Allocator::connect(&conf.etcd, opts).await?)
