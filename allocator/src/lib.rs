@@ -28,4 +28,6 @@ pub use model::{
     DnsConfig, IpRequest, MacPool, MacPoolConfig, MacRequest, MacvlanMode, Mirrored, Owner,
     RangeConfig, Record, Reservation, Route, RouteConfig, State, StickyRef, Subnet, SubnetConfig,
 };
-pub use store::{Allocator, Options, Released, StickyHold, Usage};
+pub use store::{
+    Allocator, LoadedSubnet, Options, Released, StickyHold, StoredPool, StoredSubnet, Usage,
+};

@@ -459,6 +459,68 @@ impl Hints {
     }
 }
 
+/// A subnet's and its MAC pool's values as stored in etcd, with the revisions they were last
+/// written at: what a caller keeps to decode them again without a read
+/// ([`Allocator::decode_subnet`]) and to claim against exactly that configuration
+/// ([`Allocator::claim_early`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredSubnet {
+    pub name: String,
+    /// The subnet key's mod revision.
+    pub revision: i64,
+    /// The stored JSON (a mirrored VlanSubnet spec).
+    #[serde(with = "json_text")]
+    pub value: Vec<u8>,
+    pub pool: Option<StoredPool>,
+}
+
+/// The MAC pool part of a [`StoredSubnet`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredPool {
+    pub revision: i64,
+    #[serde(with = "json_text")]
+    pub value: Vec<u8>,
+}
+
+/// Stored values are JSON text: kept as a string, not as an array of numbers.
+mod json_text {
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(v))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(String::into_bytes)
+    }
+}
+
+/// A subnet and its MAC pool, validated, with what they were decoded from.
+#[derive(Clone, Debug)]
+pub struct LoadedSubnet {
+    pub subnet: Subnet,
+    pub pool: Option<MacPool>,
+    pub stored: StoredSubnet,
+}
+
+/// The MAC pool a stored subnet names, if its value says (decoded for that field only).
+fn subnet_pool_name(kv: &KeyValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        #[serde(rename = "macPool")]
+        mac_pool: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Partial {
+        spec: Spec,
+    }
+    serde_json::from_slice::<Partial>(kv.value())
+        .ok()?
+        .spec
+        .mac_pool
+        .filter(|p| !p.is_empty())
+}
+
 /// Handle to the reservations under one prefix. Cheap to clone; clones share the connection and
 /// the pending lease.
 #[derive(Clone)]
@@ -712,6 +774,15 @@ impl Allocator {
     /// [`Error::SubnetNotFound`], [`Error::MacPoolNotFound`] (the subnet names a pool that is not
     /// configured), [`Error::Corrupt`], [`Error::Unavailable`].
     pub async fn load_subnet(&self, name: &str) -> Result<(Subnet, Option<MacPool>), Error> {
+        self.load_subnet_at(name).await.map(|l| (l.subnet, l.pool))
+    }
+
+    /// As [`Allocator::load_subnet`], with the revisions and the stored values of what was
+    /// read, for a caller that keeps the configuration (see [`Allocator::claim_early`]).
+    ///
+    /// # Errors
+    /// As [`Allocator::load_subnet`].
+    pub async fn load_subnet_at(&self, name: &str) -> Result<LoadedSubnet, Error> {
         let key = self.keys.subnet(name);
         let txn = Txn::new().and_then(vec![
             TxnOp::get(key.clone(), None),
@@ -724,25 +795,65 @@ impl Allocator {
         let kv = kvs_of(&resp[0])
             .first()
             .ok_or_else(|| Error::SubnetNotFound(name.to_string(), key.clone()))?;
-        let m: Mirrored<SubnetConfig> = decode(kv)?;
-        let subnet = Subnet::from_config(name, &m.spec).map_err(|e| Error::Corrupt {
-            key,
-            reason: e.to_string(),
-        })?;
-        let Some(pool_name) = subnet.mac_pool.clone() else {
-            return Ok((subnet, None));
+        // A pool the subnet names but etcd lacks is reported by decode_subnet, after the
+        // subnet itself is validated.
+        let pool_kv = subnet_pool_name(kv).and_then(|pool_name| {
+            let pool_key = self.keys.macpool(&pool_name);
+            kvs_of(&resp[1])
+                .iter()
+                .find(|kv| kv.key() == pool_key.as_bytes())
+        });
+        let stored = StoredSubnet {
+            name: name.to_string(),
+            revision: kv.mod_revision(),
+            value: kv.value().to_vec(),
+            pool: pool_kv.map(|p| StoredPool {
+                revision: p.mod_revision(),
+                value: p.value().to_vec(),
+            }),
         };
-        let pool_key = self.keys.macpool(&pool_name);
-        let kv = kvs_of(&resp[1])
-            .iter()
-            .find(|kv| kv.key() == pool_key.as_bytes())
-            .ok_or_else(|| Error::MacPoolNotFound(pool_name.clone(), pool_key.clone()))?;
-        let m: Mirrored<MacPoolConfig> = decode(kv)?;
-        let pool = MacPool::from_config(&pool_name, &m.spec).map_err(|e| Error::Corrupt {
-            key: pool_key,
-            reason: e.to_string(),
-        })?;
-        Ok((subnet, Some(pool)))
+        self.decode_subnet(stored)
+    }
+
+    /// Decodes a subnet (and its MAC pool) as stored, e.g. kept by the caller from an earlier
+    /// [`Allocator::load_subnet_at`].
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the key; [`Error::MacPoolNotFound`] when the subnet names a
+    /// pool that `stored` lacks.
+    pub fn decode_subnet(&self, stored: StoredSubnet) -> Result<LoadedSubnet, Error> {
+        let key = self.keys.subnet(&stored.name);
+        let corrupt = |key: &str, reason: String| Error::Corrupt {
+            key: key.to_string(),
+            reason,
+        };
+        let m: Mirrored<SubnetConfig> = serde_json::from_slice(&stored.value)
+            .map_err(|e| corrupt(&key, format!("value does not decode: {e}")))?;
+        let subnet =
+            Subnet::from_config(&stored.name, &m.spec).map_err(|e| corrupt(&key, e.to_string()))?;
+        let pool = match (&subnet.mac_pool, &stored.pool) {
+            (None, _) => None,
+            (Some(pool_name), None) => {
+                return Err(Error::MacPoolNotFound(
+                    pool_name.clone(),
+                    self.keys.macpool(pool_name),
+                ))
+            }
+            (Some(pool_name), Some(p)) => {
+                let pool_key = self.keys.macpool(pool_name);
+                let m: Mirrored<MacPoolConfig> = serde_json::from_slice(&p.value)
+                    .map_err(|e| corrupt(&pool_key, format!("value does not decode: {e}")))?;
+                Some(
+                    MacPool::from_config(pool_name, &m.spec)
+                        .map_err(|e| corrupt(&pool_key, e.to_string()))?,
+                )
+            }
+        };
+        Ok(LoadedSubnet {
+            subnet,
+            pool,
+            stored,
+        })
     }
 
     /// Grants the pending lease now (or checks the cached one is fresh), so that a caller can
@@ -997,6 +1108,68 @@ impl Allocator {
         Ok(Taken::Done(Box::new(Reservation { record, revision })))
     }
 
+    /// Claims for `owner`, pending, before the caller has read anything: against a subnet
+    /// configuration it kept from an earlier read ([`Allocator::load_subnet_at`]), with static
+    /// requests as they are and automatic ones from hints (see [`Options::hints_file`]). One
+    /// transaction, which writes only if every key is free and the subnet and its MAC pool are
+    /// still at the kept revisions, so a claim made this way is one [`Allocator::reserve`] could
+    /// have made. `Ok(None)`: nothing was claimed (no hint, an address or the attachment taken,
+    /// the configuration changed, a request invalid): the caller reserves the ordinary way,
+    /// which then reports whatever was in the way. A claim the caller does not keep is given
+    /// back with [`Allocator::release_exact`].
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; the claim may then have been made, pending, and a following
+    /// [`Allocator::reserve`] for the same owner and container hands it back.
+    pub async fn claim_early(
+        &self,
+        kept: &LoadedSubnet,
+        owner: &Owner,
+        ip_req: IpRequest,
+        mac_req: &MacRequest,
+    ) -> Result<Option<Reservation>, Error> {
+        let subnet = &kept.subnet;
+        let valid = owner.validate().is_ok()
+            && match ip_req {
+                IpRequest::Static(a) => subnet.check_static(a).is_ok(),
+                IpRequest::Auto => true,
+            }
+            && match mac_req {
+                MacRequest::Static(m) => !(m.is_multicast() || m.is_zero()),
+                _ => true,
+            };
+        if !valid {
+            return Ok(None);
+        }
+        let automatic = matches!(ip_req, IpRequest::Auto) || matches!(mac_req, MacRequest::Auto(_));
+        let (ip, mac) = match (ip_req, mac_req) {
+            (IpRequest::Static(a), MacRequest::Static(m)) => (a, Some(*m)),
+            (IpRequest::Static(a), MacRequest::None) => (a, None),
+            _ => match self.hints.take(subnet, ip_req, mac_req) {
+                Some(choice) => choice,
+                None => return Ok(None),
+            },
+        };
+        let lease = self.pending_lease().await?;
+        let claimed = self
+            .claim(
+                subnet,
+                owner,
+                ip_req,
+                mac_req,
+                None,
+                lease,
+                ip,
+                mac,
+                Some(&kept.stored),
+            )
+            .await?;
+        if claimed.is_none() && automatic {
+            self.hints.forget(subnet, mac_req);
+        }
+        Ok(claimed)
+    }
+
     /// One attempt: `Ok(None)` means a lost race worth retrying.
     async fn try_reserve(
         &self,
@@ -1010,7 +1183,7 @@ impl Allocator {
         if let Some((ip, mac)) = self.hints.take(subnet, ip_req, mac_req) {
             let lease = self.pending_lease().await?;
             return match self
-                .claim(subnet, owner, ip_req, mac_req, sticky, lease, ip, mac)
+                .claim(subnet, owner, ip_req, mac_req, sticky, lease, ip, mac, None)
                 .await?
             {
                 Some(res) => Ok(Attempt::Done(Box::new(res))),
@@ -1178,7 +1351,7 @@ impl Allocator {
         };
 
         Attempt::of(
-            self.claim(subnet, owner, ip_req, mac_req, sticky, lease, ip, mac)
+            self.claim(subnet, owner, ip_req, mac_req, sticky, lease, ip, mac, None)
                 .await?,
         )
     }
@@ -1196,6 +1369,7 @@ impl Allocator {
         lease: i64,
         ip: IpAddr,
         mac: Option<MacAddr>,
+        early: Option<&StoredSubnet>,
     ) -> Result<Option<Reservation>, Error> {
         let record = Record {
             subnet: subnet.name.clone(),
@@ -1217,13 +1391,30 @@ impl Allocator {
             .iter()
             .map(|k| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
             .collect();
-        // The subnet must still be configured: the operator deletes its key only once no
-        // reservation uses it, and a claim racing that deletion must not slip in after it.
-        absent.push(Compare::create_revision(
-            subnet_key.clone(),
-            CompareOp::Greater,
-            0,
-        ));
+        match early {
+            // The subnet must still be configured: the operator deletes its key only once no
+            // reservation uses it, and a claim racing that deletion must not slip in after it.
+            None => absent.push(Compare::create_revision(
+                subnet_key.clone(),
+                CompareOp::Greater,
+                0,
+            )),
+            // An early claim: the configuration must be the one it was planned with.
+            Some(stored) => {
+                absent.push(Compare::mod_revision(
+                    subnet_key.clone(),
+                    CompareOp::Equal,
+                    stored.revision,
+                ));
+                if let (Some(pool), Some(stored)) = (&subnet.mac_pool, &stored.pool) {
+                    absent.push(Compare::mod_revision(
+                        self.keys.macpool(pool),
+                        CompareOp::Equal,
+                        stored.revision,
+                    ));
+                }
+            }
+        }
         let mut on_conflict: Vec<TxnOp> =
             keys.iter().map(|k| TxnOp::get(k.clone(), None)).collect();
         on_conflict.push(TxnOp::get(
@@ -1251,8 +1442,12 @@ impl Allocator {
         };
         if resp.succeeded() {
             let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-            tracing::debug!(%ip, mac = ?mac, owner = %owner, "reserved (pending)");
+            tracing::debug!(%ip, mac = ?mac, owner = %owner, early = early.is_some(), "reserved (pending)");
             return Ok(Some(Reservation { record, revision }));
+        }
+        if early.is_some() {
+            // Whatever was in the way, the caller's ordinary reservation finds it out.
+            return Ok(None);
         }
         // Someone else won a key. The owner index first: the serializable read may have missed
         // our own earlier reservation. Static addresses name their holder; automatic ones retry.
@@ -1652,6 +1847,60 @@ impl Allocator {
             )
             .await?;
         kvs.iter().map(decode).collect()
+    }
+
+    /// The [`RulesFingerprint`](crate::rules::RulesFingerprint) of the rules prefix, from one
+    /// read that transfers at most one key and no value: whether the rules are still those a
+    /// cache was built from, without reading them.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Etcd`] for an answer without the read (never taken
+    /// for "no rules").
+    pub async fn rules_fingerprint(&self) -> Result<crate::rules::RulesFingerprint, Error> {
+        use crate::rules::RulesFingerprint;
+        let txn = Txn::new().and_then(vec![TxnOp::get(
+            self.keys.rules(),
+            Some(RulesFingerprint::read_options()),
+        )]);
+        let op = "read allocation rules fingerprint";
+        match self.txn(op, txn).await?.op_responses().first() {
+            Some(TxnOpResponse::Get(g)) => Ok(RulesFingerprint::of_response(g)),
+            // Never "no rules": that would let a caller skip the rules.
+            _ => Err(Error::Etcd {
+                op: op.to_owned(),
+                source: etcd_client::Error::InvalidArgs(
+                    "the transaction's answer has no get response".to_owned(),
+                ),
+            }),
+        }
+    }
+
+    /// As [`Allocator::rules`], with the fingerprint of exactly the rules returned (computed
+    /// from the same response, so no write in between can make them disagree).
+    ///
+    /// # Errors
+    /// As [`Allocator::rules`].
+    pub async fn rules_with_fingerprint(
+        &self,
+    ) -> Result<
+        (
+            Vec<Mirrored<crate::rules::AllocationRuleSpec>>,
+            crate::rules::RulesFingerprint,
+        ),
+        Error,
+    > {
+        let kvs = self
+            .get(
+                "read allocation rules",
+                self.keys.rules(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let fingerprint = crate::rules::RulesFingerprint::of_kvs(&kvs);
+        Ok((
+            kvs.iter().map(decode).collect::<Result<_, _>>()?,
+            fingerprint,
+        ))
     }
 }
 

@@ -1,12 +1,14 @@
-//! `RuleSet::from_mirrored_cached`: a set read back from the bytes of `RuleSet::to_cache` decides
-//! exactly as the set compiled from the same specs, and the cache never stands in for a spec it
-//! was not compiled from — a changed, added or invalid rule is compiled (and validated) in full.
+//! `RuleSet::from_mirrored_cached` and `RuleSet::from_cache`: a set read back from the bytes of
+//! `RuleSet::to_cache` decides exactly as the set compiled from the same specs, and the cache
+//! never stands in for a spec it was not compiled from — a changed, added or invalid rule is
+//! compiled (and validated) in full, and the whole set is taken from the cache only for the
+//! fingerprint it was written with.
 
 use std::collections::BTreeMap;
 
 use static_macvlan_allocator::rules::{
     AllocationRuleSpec, AttachmentInfo, Budget, CacheUse, Context, DenySpec, PodInfo, PodMetadata,
-    RuleError, RuleSet, StickySpec,
+    RuleError, RuleSet, RulesFingerprint, StickySpec,
 };
 use static_macvlan_allocator::Mirrored;
 
@@ -120,12 +122,21 @@ fn pods() -> Vec<Context> {
     ]
 }
 
+/// A fingerprint for `rules` as if read from etcd (these tests have no etcd: see
+/// `rules_fingerprint.rs` for fingerprints etcd gives).
+fn fp(rules: &[Mirrored<AllocationRuleSpec>]) -> RulesFingerprint {
+    RulesFingerprint {
+        count: rules.len() as i64,
+        max_mod_revision: 100,
+    }
+}
+
 fn cached(
     rules: &[Mirrored<AllocationRuleSpec>],
     cache: Option<&[u8]>,
     build: &str,
 ) -> (RuleSet, CacheUse) {
-    RuleSet::from_mirrored_cached(rules, cache, build).unwrap()
+    RuleSet::from_mirrored_cached(rules, cache, build, &fp(rules)).unwrap()
 }
 
 fn same_decisions(a: &RuleSet, b: &RuleSet) {
@@ -160,7 +171,7 @@ fn same_decisions(a: &RuleSet, b: &RuleSet) {
 fn a_set_read_from_the_cache_decides_as_the_compiled_one() {
     let rules = rules();
     let compiled = RuleSet::from_mirrored(&rules).unwrap();
-    let bytes = compiled.to_cache("build-1");
+    let bytes = compiled.to_cache("build-1", &fp(&rules));
 
     let (from_cache, used) = cached(&rules, Some(&bytes), "build-1");
     assert_eq!(
@@ -200,13 +211,15 @@ fn a_set_read_from_the_cache_decides_as_the_compiled_one() {
         assert!(outcomes.iter().any(|o| o == want), "{want} in {outcomes:?}");
     }
     // Written back, the cache is the same bytes: nothing was lost in the round trip.
-    assert_eq!(from_cache.to_cache("build-1"), bytes);
+    assert_eq!(from_cache.to_cache("build-1", &fp(&rules)), bytes);
 }
 
 #[test]
 fn changed_added_and_removed_rules_are_compiled_and_the_cache_is_stale() {
     let rules = rules();
-    let bytes = RuleSet::from_mirrored(&rules).unwrap().to_cache("b");
+    let bytes = RuleSet::from_mirrored(&rules)
+        .unwrap()
+        .to_cache("b", &fp(&rules));
 
     // A changed match: only that rule is compiled, and the new spec decides.
     let mut changed = rules.clone();
@@ -243,7 +256,7 @@ fn changed_added_and_removed_rules_are_compiled_and_the_cache_is_stale() {
 fn a_cache_of_another_build_or_damaged_is_ignored() {
     let rules = rules();
     let compiled = RuleSet::from_mirrored(&rules).unwrap();
-    let bytes = compiled.to_cache("b");
+    let bytes = compiled.to_cache("b", &fp(&rules));
     let none = CacheUse {
         reused: 0,
         compiled: rules.len(),
@@ -272,7 +285,9 @@ fn a_cache_of_another_build_or_damaged_is_ignored() {
 #[test]
 fn an_invalid_rule_fails_as_without_a_cache() {
     let rules = rules();
-    let bytes = RuleSet::from_mirrored(&rules).unwrap().to_cache("b");
+    let bytes = RuleSet::from_mirrored(&rules)
+        .unwrap()
+        .to_cache("b", &fp(&rules));
     // Written to etcd by hand, bypassing the operator: a typo, a type error, a structural one.
     for (name, spec) in [
         ("typo", when(5, r#"pod.nmae == "x""#)),
@@ -297,7 +312,9 @@ fn an_invalid_rule_fails_as_without_a_cache() {
         let mut with_bad = rules.clone();
         with_bad.push(mirrored(name, spec));
         let plain = RuleSet::from_mirrored(&with_bad).unwrap_err();
-        let from_cache = RuleSet::from_mirrored_cached(&with_bad, Some(&bytes), "b").unwrap_err();
+        let from_cache =
+            RuleSet::from_mirrored_cached(&with_bad, Some(&bytes), "b", &fp(&with_bad))
+                .unwrap_err();
         assert!(
             matches!(from_cache, RuleError::Invalid { .. }),
             "{from_cache}"
@@ -308,7 +325,7 @@ fn an_invalid_rule_fails_as_without_a_cache() {
     // A cached rule changed in etcd into an invalid one is compiled, and fails.
     let mut broken = rules.clone();
     broken[3].spec.r#match = r#"pod.labels.team == 1"#.into();
-    let e = RuleSet::from_mirrored_cached(&broken, Some(&bytes), "b").unwrap_err();
+    let e = RuleSet::from_mirrored_cached(&broken, Some(&bytes), "b", &fp(&broken)).unwrap_err();
     assert_eq!(e.rule(), "strict-label");
     assert_eq!(e, RuleSet::from_mirrored(&broken).unwrap_err());
 }
@@ -319,9 +336,68 @@ fn two_rules_of_one_name_fail_as_without_a_cache() {
         mirrored("twin", when(1, "true")),
         mirrored("twin", when(2, "false")),
     ];
-    let bytes = RuleSet::from_mirrored(&rules[..1]).unwrap().to_cache("b");
+    let bytes = RuleSet::from_mirrored(&rules[..1])
+        .unwrap()
+        .to_cache("b", &fp(&rules[..1]));
     assert_eq!(
-        RuleSet::from_mirrored_cached(&rules, Some(&bytes), "b").unwrap_err(),
+        RuleSet::from_mirrored_cached(&rules, Some(&bytes), "b", &fp(&rules)).unwrap_err(),
         RuleSet::from_mirrored(&rules).unwrap_err()
     );
+}
+
+#[test]
+fn a_cache_of_other_rules_is_not_up_to_date_even_if_every_rule_is_reused() {
+    let rules = rules();
+    let bytes = RuleSet::from_mirrored(&rules)
+        .unwrap()
+        .to_cache("b", &fp(&rules));
+    let later = RulesFingerprint {
+        max_mod_revision: 101,
+        ..fp(&rules)
+    };
+    let (_, used) = RuleSet::from_mirrored_cached(&rules, Some(&bytes), "b", &later).unwrap();
+    assert_eq!((used.reused, used.compiled, used.up_to_date), (6, 0, false));
+}
+
+#[test]
+fn the_whole_set_from_the_cache_decides_as_the_compiled_one() {
+    let rules = rules();
+    let compiled = RuleSet::from_mirrored(&rules).unwrap();
+    let bytes = compiled.to_cache("b", &fp(&rules));
+    let whole = RuleSet::from_cache(bytes.clone(), "b", &fp(&rules)).expect("the whole set");
+    same_decisions(&compiled, &whole);
+    assert_eq!(whole.to_cache("b", &fp(&rules)), bytes);
+
+    // Another fingerprint (the rules changed since), another build, damaged bytes: no set.
+    for other in [
+        RulesFingerprint {
+            max_mod_revision: 101,
+            ..fp(&rules)
+        },
+        RulesFingerprint {
+            count: 5,
+            ..fp(&rules)
+        },
+        RulesFingerprint::EMPTY,
+    ] {
+        assert!(
+            RuleSet::from_cache(bytes.clone(), "b", &other).is_none(),
+            "{other:?}"
+        );
+    }
+    assert!(RuleSet::from_cache(bytes.clone(), "other", &fp(&rules)).is_none());
+    assert!(RuleSet::from_cache(bytes[..bytes.len() - 1].to_vec(), "b", &fp(&rules)).is_none());
+    for i in (0..bytes.len()).step_by(13) {
+        let mut damaged = bytes.clone();
+        damaged[i] = damaged[i].wrapping_add(1);
+        assert!(
+            RuleSet::from_cache(damaged, "b", &fp(&rules)).is_none(),
+            "byte {i}"
+        );
+    }
+    // No rules: an empty set, from its own (tiny) cache.
+    let empty = RuleSet::from_mirrored(&[]).unwrap();
+    let bytes = empty.to_cache("b", &RulesFingerprint::EMPTY);
+    let set = RuleSet::from_cache(bytes.clone(), "b", &RulesFingerprint::EMPTY).unwrap();
+    assert!(set.is_empty());
 }

@@ -1,24 +1,37 @@
 //! Compiled rules as bytes, so that a short-lived process can keep what it compiled for the next
 //! one. The CNI plugin is a fresh process on every ADD: parsing, type-checking, instrumenting
-//! and trial-running 100 rules cost such a process about 0.4 ms, reading them back from the
-//! cache half of that, and the validation is not repeated (see `docs/rules.md`, Performance).
+//! and trial-running 100 rules cost such a process about 0.45 ms; reading them back from the
+//! cache a tenth of that, and the validation is not repeated (see `docs/rules.md`, Performance).
 //!
-//! What is stored is the output of [`compile`](super::compile), per rule: the spec it was
-//! compiled from and the instrumented program of each expression. A cached rule is used only
-//! for a spec equal to the one just read from etcd, so the cache can be stale or missing without
-//! changing a decision: it only ever saves the work of compiling the same spec again.
+//! What is stored is the output of [`compile`](super::compile) for a whole set, per rule: the
+//! spec it was compiled from and the instrumented program of each expression, with the
+//! [`RulesFingerprint`] of the rules in etcd the set was compiled from. Two ways to read it:
+//!
+//! - [`decode_all`] (`RuleSet::from_cache`): the whole set, for a caller that has read only the
+//!   rules' fingerprint from etcd, when it is the one the cache was written with: the rules are
+//!   then those the set was compiled from. The programs stay encoded until they run (each is
+//!   decoded on its first evaluation), so a process decodes only what it evaluates.
+//! - [`index`] and [`decode_rule`] (`RuleSet::from_mirrored_cached`): rule by rule, for a caller
+//!   that has read the rules; a cached rule is used only for a spec equal to the one just read.
+//!
+//! Either way the cache can be stale or missing without changing a decision: it only ever saves
+//! the work of compiling the same specs again.
 //!
 //! The bytes are not a format for anyone else: they are tied to the build that wrote them (the
 //! caller's `build` identity, this crate's version and [`FORMAT`] are checked first), carry a
-//! SHA-256 of their content, and are decoded defensively — any mismatch, truncation or
-//! implausible value makes the whole cache unusable, and the caller compiles instead.
+//! checksum of their content, and are decoded defensively — any mismatch, truncation or
+//! implausible value makes the whole cache unusable, and the caller compiles instead. A program
+//! is written only once it has been seen to decode, so that decoding it later, lazily, cannot
+//! fail on bytes that passed the checksum.
 //!
-//! Layout (integers are LEB128 varints, `i64` zigzag-encoded, strings length-prefixed UTF-8):
-//! `MAGIC`, the identity string, the SHA-256 of the payload, the payload. The payload is the rule
-//! count, then per rule its name and its entry, length-prefixed so that an entry is decoded only
-//! for a rule that is read: the spec field by field, then the expressions in field order
-//! (`match`, `ip`, `mac`, `sticky.key` where the spec has them), each as a `needs_metadata`
-//! byte and the expression tree in prefix order.
+//! Layout (integers are LEB128 varints, `i64` zigzag-encoded, strings and blobs length-prefixed):
+//! `MAGIC`, the identity string, the checksum of the payload (8 bytes), the payload. The payload
+//! is the fingerprint (count, highest revision), the rule count, then per rule its name and its
+//! entry as a blob, so that an entry is decoded only for a rule that is read: the spec field by
+//! field, then the expressions in field order (`match`, `ip`, `mac`, `sticky.key` where the spec
+//! has them), each as a `needs_metadata` byte, its shortcut (`super::shortcut`: none, a
+//! literal, or a field and the value it must have) and the expression tree in prefix order, as
+//! a blob.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,21 +41,45 @@ use cel::common::ast::{
     MapEntryExpr, MapExpr, SelectExpr, StructExpr, StructFieldExpr,
 };
 use cel::common::types::{CelBool, CelBytes, CelDouble, CelInt, CelString, CelUInt};
-use sha2::{Digest, Sha256};
 
 use super::engine::CompiledRule;
 use super::expr::{CompiledExpr, Want};
-use super::spec::{AllocationRuleSpec, DenySpec, StickySpec, DEFAULT_STICKY_KEY};
+use super::fingerprint::RulesFingerprint;
+use super::shortcut::{Field, Shortcut};
+use super::spec::{AllocationRuleSpec, DenySpec, StickySpec};
 
 /// Bumped whenever the layout, or what compiling produces, changes in a way the crate version
 /// would not show.
-pub(crate) const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 2;
 
 const MAGIC: &[u8; 8] = b"smv-rule";
 
 /// Deeper trees are not read back, so that decoding stays well within any thread's stack (in a
 /// debug build too). No real rule comes near; a deeper one is compiled on every ADD instead.
 const MAX_DEPTH: usize = 512;
+
+/// A 64-bit checksum of `bytes`, against damage (the file's owner and mode are what make it
+/// trusted: whoever could write it could as well write a matching SHA-256). Each step, on a
+/// 64-bit word, is a bijection of the running value for a given word and of the word for a given
+/// running value, so a change within one word always changes the sum; other damage (several
+/// words, another length) goes unnoticed with a chance of about 2^-64, and the decoder's own
+/// checks remain. Unlike SHA-256, it costs a fresh process neither the CPU feature detection (a
+/// `cpuid`, slow in a virtual machine) nor the time.
+fn checksum(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, word: u64| {
+        let x = (h ^ word).wrapping_mul(K);
+        x ^ (x >> 29)
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    let mut h = mix(0, bytes.len() as u64);
+    for chunk in &mut chunks {
+        h = mix(h, u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    mix(h, u64::from_le_bytes(tail))
+}
 
 /// The identity a cache must carry to be read by this build.
 fn identity(build: &str) -> String {
@@ -53,41 +90,86 @@ fn identity(build: &str) -> String {
     )
 }
 
-/// Encodes compiled rules for [`index`] and [`decode_rule`] in a process of the same build.
-pub(crate) fn encode(rules: &[CompiledRule], build: &str) -> Vec<u8> {
+/// Encodes compiled rules, the whole set compiled from the rules that had `fingerprint` in
+/// etcd, for [`index`], [`decode_rule`] and [`decode_all`] in a process of the same build.
+///
+/// A program that would not decode (deeper than [`MAX_DEPTH`]) leaves its rule out: that rule
+/// is compiled by each process that needs it, and the cache no longer holds the whole set.
+pub(crate) fn encode(
+    rules: &[CompiledRule],
+    build: &str,
+    fingerprint: &RulesFingerprint,
+) -> Vec<u8> {
     let mut payload = Writer::default();
-    payload.uint(rules.len() as u64);
+    payload.int(fingerprint.count);
+    payload.int(fingerprint.max_mod_revision);
+    let mut entries = Writer::default();
+    let mut count = 0u64;
     let mut entry = Writer::default();
-    for rule in rules {
+    let mut tree = Writer::default();
+    'rules: for rule in rules {
         entry.bytes.clear();
         entry.spec(rule.spec());
         for e in rule.exprs() {
             entry.byte(u8::from(e.needs_metadata));
-            entry.expr(e.program());
+            entry.shortcut(e.shortcut.as_ref());
+            let encoded = match (e.encoding(), e.program()) {
+                (Some(encoded), _) => encoded,
+                (None, Some(program)) => {
+                    tree.bytes.clear();
+                    tree.expr(program);
+                    // Read back lazily, by a process that must then be able to decode it.
+                    if decode_tree(&tree.bytes).is_none() {
+                        continue 'rules;
+                    }
+                    &tree.bytes
+                }
+                (None, None) => continue 'rules,
+            };
+            entry.blob(encoded);
         }
-        payload.str(rule.name());
-        payload.blob(&entry.bytes);
+        entries.str(rule.name());
+        entries.blob(&entry.bytes);
+        count += 1;
     }
+    payload.uint(count);
+    payload.bytes.extend_from_slice(&entries.bytes);
     let mut out = Writer::default();
     out.bytes.extend_from_slice(MAGIC);
     out.str(&identity(build));
-    out.bytes.extend_from_slice(&Sha256::digest(&payload.bytes));
+    out.bytes
+        .extend_from_slice(&checksum(&payload.bytes).to_le_bytes());
     out.bytes.extend_from_slice(&payload.bytes);
     out.bytes
 }
 
-/// The entries of a cache [`encode`] wrote with the same `build`, by rule name, still encoded:
-/// [`decode_rule`] decodes one when it is needed. `None` when the bytes are of another build,
-/// corrupt or truncated: the caller compiles instead.
-pub(crate) fn index<'a>(bytes: &'a [u8], build: &str) -> Option<HashMap<&'a str, &'a [u8]>> {
+/// The payload of a cache [`encode`] wrote with the same `build`, checksum verified, and the
+/// fingerprint it was written with; the reader is left at the rule count.
+fn open<'a>(bytes: &'a [u8], build: &str) -> Option<(RulesFingerprint, Reader<'a>)> {
     let mut r = Reader::new(bytes);
     if r.take(MAGIC.len())? != MAGIC || r.str_ref()? != identity(build) {
         return None;
     }
-    let digest = r.take(32)?;
-    if Sha256::digest(r.bytes).as_slice() != digest {
+    let sum = r.take(8)?;
+    if checksum(r.bytes).to_le_bytes() != sum {
         return None;
     }
+    let fingerprint = RulesFingerprint {
+        count: r.int()?,
+        max_mod_revision: r.int()?,
+    };
+    Some((fingerprint, r))
+}
+
+/// The entries of a cache [`encode`] wrote with the same `build`, by rule name, still encoded
+/// ([`decode_rule`] decodes one when it is needed), and the fingerprint it was written with.
+/// `None` when the bytes are of another build, corrupt or truncated: the caller compiles
+/// instead.
+pub(crate) fn index<'a>(
+    bytes: &'a [u8],
+    build: &str,
+) -> Option<(RulesFingerprint, HashMap<&'a str, &'a [u8]>)> {
+    let (fingerprint, mut r) = open(bytes, build)?;
     let count = r.len()?;
     let mut entries = HashMap::with_capacity(count);
     for _ in 0..count {
@@ -95,7 +177,36 @@ pub(crate) fn index<'a>(bytes: &'a [u8], build: &str) -> Option<HashMap<&'a str,
         let entry = r.blob()?;
         entries.insert(name, entry);
     }
-    r.bytes.is_empty().then_some(entries)
+    r.bytes.is_empty().then_some((fingerprint, entries))
+}
+
+/// Every rule of a cache [`encode`] wrote with the same `build` and `fingerprint`: the whole set
+/// compiled from the rules that had this fingerprint. The specs are decoded, the programs are
+/// not: each is decoded from `cache` when first run. `None` for another fingerprint, another
+/// build, damaged bytes, or when a rule is missing (the fingerprint counts them).
+pub(crate) fn decode_all(
+    cache: Arc<Vec<u8>>,
+    build: &str,
+    fingerprint: &RulesFingerprint,
+) -> Option<Vec<CompiledRule>> {
+    let (written, mut r) = open(&cache, build)?;
+    let count = r.len()?;
+    if written != *fingerprint || i64::try_from(count).ok()? != fingerprint.count {
+        return None;
+    }
+    // Sized once: growing it would copy, and touch pages a fresh process must fault in.
+    let mut rules = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = r.str_ref()?;
+        let mut entry = r.sub()?;
+        let spec = entry.spec()?;
+        let rule = entry.rule(name, spec, Some(&cache))?;
+        if !entry.bytes.is_empty() {
+            return None;
+        }
+        rules.push(rule);
+    }
+    r.bytes.is_empty().then_some(rules)
 }
 
 /// The rule `name` compiled from `spec`, from its cache entry, if the entry was compiled from
@@ -109,25 +220,15 @@ pub(crate) fn decode_rule(
     if !r.same_spec(spec)? {
         return None;
     }
-    let matcher = r.compiled(&spec.r#match, Want::Bool)?;
-    let ip = match &spec.ip {
-        Some(s) => Some(r.compiled(s, Want::String)?),
-        None => None,
-    };
-    let mac = match &spec.mac {
-        Some(s) => Some(r.compiled(s, Want::String)?),
-        None => None,
-    };
-    let sticky_key = match &spec.sticky {
-        Some(sticky) => Some(r.compiled(
-            sticky.key.as_deref().unwrap_or(DEFAULT_STICKY_KEY),
-            Want::String,
-        )?),
-        None => None,
-    };
-    r.bytes.is_empty().then(|| {
-        CompiledRule::from_parts(name.to_owned(), spec.clone(), matcher, ip, mac, sticky_key)
-    })
+    let rule = r.rule(name, spec.clone(), None)?;
+    r.bytes.is_empty().then_some(rule)
+}
+
+/// A program as [`Writer::expr`] wrote it, whole.
+pub(crate) fn decode_tree(bytes: &[u8]) -> Option<IdedExpr> {
+    let mut r = Reader::new(bytes);
+    let tree = r.expr()?;
+    r.bytes.is_empty().then_some(tree)
 }
 
 #[derive(Default)]
@@ -163,6 +264,21 @@ impl Writer {
 
     fn str(&mut self, s: &str) {
         self.blob(s.as_bytes());
+    }
+
+    fn shortcut(&mut self, shortcut: Option<&Shortcut>) {
+        match shortcut {
+            None => self.byte(0),
+            Some(Shortcut::Always(b)) => {
+                self.byte(1);
+                self.byte(u8::from(*b));
+            }
+            Some(Shortcut::Requires { field, value }) => {
+                self.byte(2);
+                self.byte(field.code());
+                self.str(value);
+            }
+        }
     }
 
     fn opt_str(&mut self, s: Option<&str>) {
@@ -323,12 +439,18 @@ impl Writer {
 /// Reads what [`Writer`] wrote; every read is bounds-checked and `None` on anything unexpected.
 struct Reader<'a> {
     bytes: &'a [u8],
+    /// Where `bytes` start in what the first reader was given.
+    at: usize,
     depth: usize,
 }
 
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        Reader { bytes, depth: 0 }
+        Reader {
+            bytes,
+            at: 0,
+            depth: 0,
+        }
     }
 
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
@@ -337,7 +459,19 @@ impl<'a> Reader<'a> {
         }
         let (head, rest) = self.bytes.split_at(n);
         self.bytes = rest;
+        self.at += n;
         Some(head)
+    }
+
+    /// A reader of the next blob, positioned as it is in what the first reader was given.
+    fn sub(&mut self) -> Option<Reader<'a>> {
+        let n = self.len()?;
+        let at = self.at;
+        Some(Reader {
+            bytes: self.take(n)?,
+            at,
+            depth: 0,
+        })
     }
 
     fn byte(&mut self) -> Option<u8> {
@@ -465,15 +599,107 @@ impl<'a> Reader<'a> {
         Some(same)
     }
 
-    fn compiled(&mut self, source: &str, want: Want) -> Option<CompiledExpr> {
-        let needs_metadata = self.flag()?;
-        let program = self.expr()?;
-        Some(CompiledExpr::from_parts(
-            source.to_owned(),
-            Arc::new(program),
-            want,
-            needs_metadata,
+    /// The spec [`Writer::spec`] wrote.
+    fn spec(&mut self) -> Option<AllocationRuleSpec> {
+        let priority = i32::try_from(self.int()?).ok()?;
+        let r#match = self.str()?;
+        let subnet = self.opt_str()?;
+        let subnets = if self.flag()? {
+            let n = self.len()?;
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                list.push(self.str()?);
+            }
+            Some(list)
+        } else {
+            None
+        };
+        let ip = self.opt_str()?;
+        let mac = self.opt_str()?;
+        let deny = self.opt_str()?.map(|message| DenySpec { message });
+        let sticky = if self.flag()? {
+            let key = self.opt_str()?;
+            let hold_seconds = u32::try_from(self.uint()?).ok()?;
+            Some(StickySpec { key, hold_seconds })
+        } else {
+            None
+        };
+        Some(AllocationRuleSpec {
+            priority,
+            r#match,
+            subnet,
+            subnets,
+            ip,
+            mac,
+            deny,
+            sticky,
+        })
+    }
+
+    /// The rule `name` compiled from `spec`: its expressions, in field order. With `cache`,
+    /// the one this reader reads, the programs are left encoded in it, to be decoded when run.
+    fn rule(
+        &mut self,
+        name: &str,
+        spec: AllocationRuleSpec,
+        cache: Option<&Arc<Vec<u8>>>,
+    ) -> Option<CompiledRule> {
+        let matcher = self.compiled(Want::Bool, cache)?;
+        let ip = match &spec.ip {
+            Some(_) => Some(self.compiled(Want::String, cache)?),
+            None => None,
+        };
+        let mac = match &spec.mac {
+            Some(_) => Some(self.compiled(Want::String, cache)?),
+            None => None,
+        };
+        let sticky_key = match &spec.sticky {
+            Some(_) => Some(self.compiled(Want::String, cache)?),
+            None => None,
+        };
+        Some(CompiledRule::from_parts(
+            name.to_owned(),
+            spec,
+            matcher,
+            ip,
+            mac,
+            sticky_key,
         ))
+    }
+
+    fn compiled(&mut self, want: Want, cache: Option<&Arc<Vec<u8>>>) -> Option<CompiledExpr> {
+        let needs_metadata = self.flag()?;
+        let shortcut = self.shortcut()?;
+        // Only a `match` has one.
+        if shortcut.is_some() && want != Want::Bool {
+            return None;
+        }
+        let tree = self.sub()?;
+        Some(match cache {
+            Some(cache) => CompiledExpr::encoded(
+                Arc::clone(cache),
+                tree.at..tree.at + tree.bytes.len(),
+                want,
+                needs_metadata,
+                shortcut,
+            ),
+            None => {
+                CompiledExpr::from_parts(decode_tree(tree.bytes)?, want, needs_metadata, shortcut)
+            }
+        })
+    }
+
+    /// What [`Writer::shortcut`] wrote.
+    fn shortcut(&mut self) -> Option<Option<Shortcut>> {
+        Some(match self.byte()? {
+            0 => None,
+            1 => Some(Shortcut::Always(self.flag()?)),
+            2 => Some(Shortcut::Requires {
+                field: Field::from_code(self.byte()?)?,
+                value: self.str()?,
+            }),
+            _ => return None,
+        })
     }
 
     // The tree is read recursively, one small function per kind of node: a recursion step
@@ -640,6 +866,22 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::rules::compile;
+    use crate::rules::spec::DEFAULT_STICKY_KEY;
+
+    fn whole(
+        bytes: &[u8],
+        build: &str,
+        fingerprint: &RulesFingerprint,
+    ) -> Option<Vec<CompiledRule>> {
+        decode_all(Arc::new(bytes.to_vec()), build, fingerprint)
+    }
+
+    fn fp(count: i64) -> RulesFingerprint {
+        RulesFingerprint {
+            count,
+            max_mod_revision: 40 + count,
+        }
+    }
 
     fn spec(r#match: &str) -> AllocationRuleSpec {
         AllocationRuleSpec {
@@ -667,18 +909,25 @@ mod tests {
 
     fn round_trip(name: &str, spec: &AllocationRuleSpec) {
         let compiled = compile(name, spec).unwrap();
-        let bytes = encode(std::slice::from_ref(&compiled), "test");
-        let index = index(&bytes, "test").unwrap();
+        let bytes = encode(std::slice::from_ref(&compiled), "test", &fp(1));
+        let (_, index) = index(&bytes, "test").unwrap();
         let decoded = decode_rule(index[name], name, spec).unwrap();
+        let all = whole(&bytes, "test", &fp(1)).unwrap();
+        let [read] = &all[..] else { panic!("one rule") };
+        assert_eq!(read.spec(), spec, "the spec is read back in full");
         assert_eq!(decoded.spec(), compiled.spec());
-        let pairs: Vec<_> = compiled.exprs().zip(decoded.exprs()).collect();
-        assert_eq!(pairs.len(), compiled.exprs().count(), "{spec:?}");
-        assert_eq!(decoded.exprs().count(), compiled.exprs().count());
-        for (a, b) in pairs {
-            assert_eq!(a.program(), b.program(), "{}", a.source);
-            assert_eq!(a.source, b.source);
-            assert_eq!(a.needs_metadata, b.needs_metadata, "{}", a.source);
+        for other in [&decoded, read] {
+            assert_eq!(other.exprs().count(), compiled.exprs().count(), "{spec:?}");
+            for (a, b) in compiled.exprs().zip(other.exprs()) {
+                assert!(a.program().is_some());
+                assert_eq!(a.program(), b.program(), "{spec:?}");
+                assert_eq!(a.needs_metadata, b.needs_metadata, "{spec:?}");
+                assert_eq!(a.shortcut, b.shortcut, "{spec:?}");
+            }
         }
+        // Written back without being decoded, then decoded: the same bytes.
+        let lazy = whole(&bytes, "test", &fp(1)).unwrap();
+        assert_eq!(encode(&lazy, "test", &fp(1)), bytes);
     }
 
     #[test]
@@ -756,8 +1005,8 @@ mod tests {
             }),
             ..spec("true")
         };
-        let bytes = encode(&[compile("r", &base).unwrap()], "b");
-        let entry = index(&bytes, "b").unwrap()["r"];
+        let bytes = encode(&[compile("r", &base).unwrap()], "b", &fp(1));
+        let entry = index(&bytes, "b").unwrap().1["r"];
         assert!(decode_rule(entry, "r", &base).is_some());
         let variants = [
             AllocationRuleSpec {
@@ -811,18 +1060,55 @@ mod tests {
     }
 
     #[test]
+    fn the_whole_set_is_read_only_for_the_fingerprint_it_was_written_with() {
+        let rules = [
+            compile("a", &spec("pod.name == 'a'")).unwrap(),
+            compile("b", &spec("true")).unwrap(),
+        ];
+        let written = RulesFingerprint {
+            count: 2,
+            max_mod_revision: 17,
+        };
+        let bytes = encode(&rules, "b", &written);
+        let all = whole(&bytes, "b", &written).unwrap();
+        let names: Vec<&str> = all.iter().map(CompiledRule::name).collect();
+        assert_eq!(names, ["a", "b"]);
+        for other in [
+            RulesFingerprint {
+                count: 2,
+                max_mod_revision: 18,
+            },
+            RulesFingerprint {
+                count: 1,
+                max_mod_revision: 17,
+            },
+            RulesFingerprint::EMPTY,
+        ] {
+            assert!(whole(&bytes, "b", &other).is_none(), "{other:?}");
+        }
+        // A cache that holds fewer rules than the fingerprint counts is not the whole set.
+        let partial = encode(&rules[..1], "b", &written);
+        assert!(whole(&partial, "b", &written).is_none());
+        assert_eq!(index(&partial, "b").unwrap().0, written);
+    }
+
+    #[test]
     fn another_build_or_damaged_bytes_are_refused() {
         let rules: Vec<CompiledRule> = CORPUS
             .iter()
             .enumerate()
             .map(|(i, src)| compile(&format!("r{i}"), &spec(src)).unwrap())
             .collect();
-        let bytes = encode(&rules, "b");
-        assert_eq!(index(&bytes, "b").unwrap().len(), CORPUS.len());
+        let n = CORPUS.len() as i64;
+        let bytes = encode(&rules, "b", &fp(n));
+        assert_eq!(index(&bytes, "b").unwrap().1.len(), CORPUS.len());
+        assert_eq!(whole(&bytes, "b", &fp(n)).unwrap().len(), CORPUS.len());
+        assert!(whole(&bytes, "other", &fp(n)).is_none());
         assert!(index(&bytes, "other").is_none());
         assert!(index(&[], "b").is_none());
         for cut in 0..bytes.len() {
             assert!(index(&bytes[..cut], "b").is_none(), "cut at {cut}");
+            assert!(whole(&bytes[..cut], "b", &fp(n)).is_none(), "cut at {cut}");
         }
         let mut extended = bytes.clone();
         extended.push(0);
@@ -831,6 +1117,7 @@ mod tests {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x20;
             assert!(index(&damaged, "b").is_none(), "byte {i}");
+            assert!(whole(&damaged, "b", &fp(n)).is_none(), "byte {i}");
         }
     }
 
@@ -848,8 +1135,8 @@ mod tests {
         for (i, src) in CORPUS.iter().enumerate() {
             let name = format!("r{i}");
             let s = spec(src);
-            let bytes = encode(&[compile(&name, &s).unwrap()], "b");
-            let entry = index(&bytes, "b").unwrap()[name.as_str()].to_vec();
+            let bytes = encode(&[compile(&name, &s).unwrap()], "b", &fp(1));
+            let entry = index(&bytes, "b").unwrap().1[name.as_str()].to_vec();
             for cut in 0..entry.len() {
                 assert!(decode_rule(&entry[..cut], &name, &s).is_none());
             }
@@ -858,6 +1145,16 @@ mod tests {
                 let at = next() as usize % damaged.len();
                 damaged[at] = next() as u8;
                 let _ = decode_rule(&damaged, &name, &s);
+                let mut r = Reader::new(&damaged);
+                if let Some(spec) = r.spec() {
+                    let _ = r.rule(&name, spec, None);
+                }
+            }
+            for cut in 0..entry.len() {
+                let mut r = Reader::new(&entry[..cut]);
+                if let Some(spec) = r.spec() {
+                    assert!(r.rule(&name, spec, None).is_none(), "cut at {cut}");
+                }
             }
         }
         // Too deep, and counts larger than the input.

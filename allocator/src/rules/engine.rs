@@ -1,13 +1,15 @@
 //! Compiled rules, rule sets and their decisions; subnet selectors.
 
+use std::cell::OnceCell;
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::budget::{Budget, Metered};
 use super::cache;
 use super::context::Context;
 use super::expr::{CompiledExpr, Want};
+use super::fingerprint::RulesFingerprint;
 use super::net::parse_ip;
 use super::spec::{content_hash, hex, AllocationRuleSpec, DEFAULT_STICKY_KEY};
 use super::{invalid, RuleError};
@@ -29,8 +31,6 @@ pub struct CompiledRule {
     ip: Option<CompiledExpr>,
     mac: Option<CompiledExpr>,
     sticky: Option<(CompiledExpr, Duration)>,
-    subnets: Vec<String>,
-    deny: Option<String>,
 }
 
 /// Validates and compiles rule `name`: structure first, then every CEL expression (parse, type
@@ -87,7 +87,9 @@ impl CompiledRule {
     }
 
     /// Assembles a rule from its spec and compiled expressions (from [`compile`], or read back
-    /// from a cache): the parts that are plain data are derived from the spec here, in one place.
+    /// from a cache). What is plain data (subnets, deny message) is read from the spec when the
+    /// rule decides, not copied here: a fresh process reading a cached set only pays for what
+    /// it uses.
     pub(crate) fn from_parts(
         name: String,
         spec: AllocationRuleSpec,
@@ -102,8 +104,6 @@ impl CompiledRule {
         CompiledRule {
             name,
             hash: OnceLock::new(),
-            subnets: spec.subnet_list(),
-            deny: spec.deny.as_ref().map(|d| d.message.trim().to_owned()),
             spec,
             matcher,
             ip,
@@ -150,8 +150,8 @@ pub struct CacheUse {
     pub reused: usize,
     /// Rules compiled: not in the cache, or there with another spec.
     pub compiled: usize,
-    /// Whether the cache holds exactly this set. When not, the caller should store
-    /// [`RuleSet::to_cache`] of the new set for the next process.
+    /// Whether the cache holds exactly this set, written with this fingerprint. When not, the
+    /// caller should store [`RuleSet::to_cache`] of the new set for the next process.
     pub up_to_date: bool,
 }
 
@@ -220,7 +220,9 @@ impl RuleSet {
     /// what it compiled for the next ADD this way. `cache` is what [`RuleSet::to_cache`]
     /// returned, with the same `build`, in an earlier process; `build` identifies the running
     /// program (e.g. its executable), as the compiled form depends on this crate's code. Bytes
-    /// of another build, corrupt or truncated are ignored as a whole.
+    /// of another build, corrupt or truncated are ignored as a whole. `fingerprint` is that of
+    /// `rules` (read with them): the cache is [up to date](CacheUse::up_to_date) only if it was
+    /// written with it.
     ///
     /// The set is the one [`RuleSet::from_mirrored`] returns: a cached rule was compiled and
     /// validated in full from an equal spec, and every other rule is compiled and validated in
@@ -232,8 +234,12 @@ impl RuleSet {
         rules: impl IntoIterator<Item = &'a Mirrored<AllocationRuleSpec>>,
         cache: Option<&[u8]>,
         build: &str,
+        fingerprint: &RulesFingerprint,
     ) -> Result<(RuleSet, CacheUse), RuleError> {
-        let mut cached = cache.and_then(|bytes| cache::index(bytes, build));
+        let (written, mut cached) = match cache.and_then(|bytes| cache::index(bytes, build)) {
+            Some((written, entries)) => (Some(written), Some(entries)),
+            None => (None, None),
+        };
         let mut used = CacheUse::default();
         let compiled = rules
             .into_iter()
@@ -251,14 +257,37 @@ impl RuleSet {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        used.up_to_date = used.compiled == 0 && cached.is_some_and(|c| c.is_empty());
+        used.up_to_date = used.compiled == 0
+            && cached.is_some_and(|c| c.is_empty())
+            && written.as_ref() == Some(fingerprint);
         Ok((RuleSet::from_compiled(compiled)?, used))
     }
 
-    /// The compiled set as bytes for [`RuleSet::from_mirrored_cached`] in a later process of
-    /// the same `build`. Not a stable format: only the build that wrote it reads it.
-    pub fn to_cache(&self, build: &str) -> Vec<u8> {
-        cache::encode(&self.rules, build)
+    /// The set a cache holds, for a process that has read only the rules' `fingerprint` from
+    /// etcd (see [`RulesFingerprint`]). `Some` only if `cache` was written by
+    /// [`RuleSet::to_cache`] with the same `build` and `fingerprint`, holds as many rules as the
+    /// fingerprint counts and is not damaged; `None` otherwise, and the caller reads the rules
+    /// and compiles them ([`RuleSet::from_mirrored_cached`]).
+    ///
+    /// The set is then the one [`RuleSet::from_mirrored`] returns for the rules in etcd: equal
+    /// fingerprints mean the same rules, and every rule of the set was compiled and validated
+    /// in full from them by an earlier process of this build. The set keeps `cache`: each
+    /// program is decoded from it when first evaluated, so that a process decodes only the
+    /// programs it runs.
+    pub fn from_cache(
+        cache: Vec<u8>,
+        build: &str,
+        fingerprint: &RulesFingerprint,
+    ) -> Option<RuleSet> {
+        RuleSet::from_compiled(cache::decode_all(Arc::new(cache), build, fingerprint)?).ok()
+    }
+
+    /// The compiled set as bytes for [`RuleSet::from_mirrored_cached`] and
+    /// [`RuleSet::from_cache`] in a later process of the same `build`; `fingerprint` is that of
+    /// the rules the whole set was compiled from. Not a stable format: only the build that wrote
+    /// it reads it.
+    pub fn to_cache(&self, build: &str, fingerprint: &RulesFingerprint) -> Vec<u8> {
+        cache::encode(&self.rules, build, fingerprint)
     }
 
     /// A set from rules compiled earlier (e.g. kept in a cache keyed by name and hash).
@@ -266,7 +295,10 @@ impl RuleSet {
     /// # Errors
     /// [`RuleError::Invalid`] for two rules of one name.
     pub fn from_compiled(mut rules: Vec<CompiledRule>) -> Result<RuleSet, RuleError> {
-        rules.sort_by(|a, b| {
+        // Unstable: no two rules compare equal but rules of one name, an error either way. A
+        // stable sort would copy the set into a new buffer, pages a fresh process must fault
+        // in, where the set is usually in order already (read back from a cache).
+        rules.sort_unstable_by(|a, b| {
             b.priority()
                 .cmp(&a.priority())
                 .then_with(|| a.name.cmp(&b.name))
@@ -317,8 +349,22 @@ impl RuleSet {
                 ..Decision::default()
             });
         }
+        self.evaluate_with(ctx, budget, true)
+    }
+
+    /// [`RuleSet::evaluate`], or without the shortcuts, for the tests that show they change
+    /// nothing.
+    fn evaluate_with(
+        &self,
+        ctx: &Context,
+        budget: &Budget,
+        shortcuts: bool,
+    ) -> Result<Decision, RuleError> {
         let meter = Metered::start(budget);
-        let cel = ctx.to_cel();
+        // Built for the first expression the interpreter runs, if any: rules that shortcuts
+        // decide (see `shortcut`) need no CEL environment.
+        let activation = OnceCell::new();
+        let cel = || activation.get_or_init(|| ctx.to_cel());
         let has_metadata = ctx.pod.metadata.is_some();
         let needs = |rule: &CompiledRule, e: &CompiledExpr, field: &str| {
             if e.needs_metadata && !has_metadata {
@@ -333,13 +379,21 @@ impl RuleSet {
         for (i, rule) in self.rules.iter().enumerate() {
             let name = rule.name.as_str();
             needs(rule, &rule.matcher, "spec.match")?;
-            if !rule.matcher.eval_bool(&cel, &meter, name, "spec.match")? {
+            let shortcut = match &rule.matcher.shortcut {
+                Some(s) if shortcuts => s.decide(ctx),
+                _ => None,
+            };
+            let matched = match shortcut {
+                Some(matched) => matched,
+                None => rule.matcher.eval_bool(cel(), &meter, name, "spec.match")?,
+            };
+            if !matched {
                 continue;
             }
             let mut decision = Decision {
                 rule: Some(rule.name.clone()),
-                subnets: rule.subnets.clone(),
-                deny: rule.deny.clone(),
+                subnets: rule.spec.subnet_list(),
+                deny: rule.spec.deny.as_ref().map(|d| d.message.trim().to_owned()),
                 reason: format!(
                     "rule {name:?} (priority {}) matched; {} of {} rules evaluated",
                     rule.priority(),
@@ -350,17 +404,17 @@ impl RuleSet {
             };
             if let Some(e) = &rule.ip {
                 needs(rule, e, "spec.ip")?;
-                let s = e.eval_string(&cel, &meter, name, "spec.ip")?;
+                let s = e.eval_string(cel(), &meter, name, "spec.ip")?;
                 decision.ip = check_ip(name, &s)?;
             }
             if let Some(e) = &rule.mac {
                 needs(rule, e, "spec.mac")?;
-                let s = e.eval_string(&cel, &meter, name, "spec.mac")?;
+                let s = e.eval_string(cel(), &meter, name, "spec.mac")?;
                 decision.mac = check_mac(name, &s)?;
             }
             if let Some((e, hold)) = &rule.sticky {
                 needs(rule, e, "spec.sticky.key")?;
-                let key = e.eval_string(&cel, &meter, name, "spec.sticky.key")?;
+                let key = e.eval_string(cel(), &meter, name, "spec.sticky.key")?;
                 check_sticky_key(name, &key)?;
                 decision.sticky = Some(Sticky { key, hold: *hold });
             }
@@ -446,6 +500,7 @@ fn check_sticky_key(rule: &str, key: &str) -> Result<(), RuleError> {
 #[derive(Clone, Debug)]
 pub struct Selector {
     subnet: String,
+    source: String,
     expr: CompiledExpr,
     hash: OnceLock<String>,
 }
@@ -456,14 +511,14 @@ impl Selector {
     }
 
     pub fn source(&self) -> &str {
-        &self.expr.source
+        &self.source
     }
 
     /// Lowercase hex SHA-256 of the source.
     pub fn hash(&self) -> &str {
         self.hash.get_or_init(|| {
             use sha2::{Digest, Sha256};
-            hex(&Sha256::digest(self.expr.source.as_bytes()))
+            hex(&Sha256::digest(self.source.as_bytes()))
         })
     }
 
@@ -480,6 +535,7 @@ impl Selector {
 pub fn compile_selector(subnet: &str, source: &str) -> Result<Selector, RuleError> {
     Ok(Selector {
         subnet: subnet.to_owned(),
+        source: source.to_owned(),
         expr: CompiledExpr::compile(subnet, "spec.selector", source, Want::Bool)?,
         hash: OnceLock::new(),
     })
@@ -507,4 +563,180 @@ pub fn selector_allows(
     selector
         .expr
         .eval_bool(&ctx.to_cel(), &meter, &selector.subnet, field)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::rules::context::{AttachmentInfo, PodInfo, PodMetadata};
+    use crate::rules::spec::{DenySpec, StickySpec};
+
+    fn rule(priority: i32, r#match: &str) -> AllocationRuleSpec {
+        AllocationRuleSpec {
+            priority,
+            r#match: r#match.to_owned(),
+            subnet: Some("lan".to_owned()),
+            ..AllocationRuleSpec::default()
+        }
+    }
+
+    /// Rules with and without shortcuts, in every position: literals, a first test of a field
+    /// before expensive or failing parts, metadata reads behind a namespace test, actions.
+    fn rules() -> Vec<(String, AllocationRuleSpec)> {
+        let expensive =
+            r#"[1, 2, 3, 4, 5, 6, 7, 8].all(x, [1, 2, 3, 4, 5, 6, 7, 8].exists(y, x * y > 0))"#;
+        let specs = [
+            rule(100, &format!(r#"pod.namespace == "loop" && {expensive}"#)),
+            rule(95, &format!(r#"{expensive} && pod.namespace == "loop2""#)),
+            rule(
+                90,
+                r#"pod.namespace == "strict" && pod.labels.team == "net""#,
+            ),
+            rule(85, r#""deny" == pod.namespace && true"#),
+            AllocationRuleSpec {
+                deny: Some(DenySpec {
+                    message: " no ".to_owned(),
+                }),
+                subnet: None,
+                ..rule(80, r#"pod.name == "blocked""#)
+            },
+            AllocationRuleSpec {
+                ip: Some(r#""10.0.0." + pod.name.split("-")[1]"#.to_owned()),
+                sticky: Some(StickySpec {
+                    key: None,
+                    hold_seconds: 60,
+                }),
+                ..rule(70, r#"pod.namespace == "db" && pod.name.startsWith("pg-")"#)
+            },
+            rule(60, r#"attachment.network == "other" && int(pod.name) > 1"#),
+            rule(50, "false"),
+            rule(40, r#"pod.labels[?"tier"].orValue("") == "web""#),
+            rule(0, "true"),
+        ];
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (format!("r{i}"), s))
+            .collect()
+    }
+
+    fn pod(namespace: &str, name: &str, labels: Option<&[(&str, &str)]>) -> Context {
+        Context {
+            pod: PodInfo {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                uid: "u".to_owned(),
+                node: "n".to_owned(),
+                metadata: labels.map(|l| PodMetadata {
+                    labels: l
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    annotations: BTreeMap::new(),
+                }),
+            },
+            attachment: AttachmentInfo {
+                network: "lan".to_owned(),
+                ifname: "net1".to_owned(),
+                ..AttachmentInfo::default()
+            },
+        }
+    }
+
+    /// The shortcuts decide as the interpreter, to the error and the budget: every pod, under
+    /// budgets from tight to the default, with every suffix of the rules (so that each rule
+    /// is first once).
+    #[test]
+    fn shortcuts_change_no_outcome() {
+        let all = rules();
+        let set = RuleSet::new(all.clone()).unwrap();
+        let with: usize = set
+            .rules()
+            .iter()
+            .filter(|r| r.matcher.shortcut.is_some())
+            .count();
+        assert_eq!(with, 8, "the corpus has rules with and without shortcuts");
+        let pods = [
+            pod("loop", "a", Some(&[])),
+            pod("loop2", "a", Some(&[])),
+            pod("strict", "a", None),
+            pod("strict", "a", Some(&[("team", "net")])),
+            pod("strict", "a", Some(&[])),
+            pod("deny", "a", None),
+            pod("x", "blocked", None),
+            pod("db", "pg-7", None),
+            pod("db", "pg", None),
+            pod("web", "2", Some(&[("tier", "web")])),
+            pod("web", "w", None),
+            pod("web", "w", Some(&[])),
+        ];
+        let mut outcomes = std::collections::HashSet::new();
+        for start in 0..all.len() {
+            let set = RuleSet::new(all[start..].to_vec()).unwrap();
+            for ctx in &pods {
+                for cost in [1, 2, 5, 20, 80, 200, Budget::DEFAULT_COST] {
+                    let budget = Budget {
+                        cost,
+                        ..Budget::default()
+                    };
+                    let fast = set.evaluate_with(ctx, &budget, true);
+                    let slow = set.evaluate_with(ctx, &budget, false);
+                    assert_eq!(fast, slow, "{ctx:?}, cost {cost}, rules from {start}");
+                    outcomes.insert(match fast {
+                        Ok(d) => format!("{:?}", d.rule),
+                        Err(e) => format!("{e:?}").split(' ').next().unwrap().to_owned(),
+                    });
+                }
+            }
+        }
+        for want in [
+            "Budget",
+            "Eval",
+            "MetadataUnavailable",
+            "Some(\"r9\")",
+            "Some(\"r4\")",
+        ] {
+            assert!(outcomes.contains(want), "{want} in {outcomes:?}");
+        }
+    }
+
+    /// As before programs could stay encoded: a set can be shared between threads.
+    #[test]
+    fn a_rule_set_is_send_and_sync() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<RuleSet>();
+    }
+
+    /// A set read back from its cache, programs undecoded, decides as the compiled set.
+    #[test]
+    fn a_set_with_its_programs_still_encoded_decides_as_the_compiled_one() {
+        let set = RuleSet::new(rules()).unwrap();
+        let fp = RulesFingerprint {
+            count: set.len() as i64,
+            max_mod_revision: 9,
+        };
+        let bytes = set.to_cache("b", &fp);
+        let ctx = pod("db", "pg-7", Some(&[]));
+        let read = RuleSet::from_cache(bytes.clone(), "b", &fp).unwrap();
+        // Until evaluated, no program is decoded; then only those that ran.
+        let decoded = |s: &RuleSet| {
+            s.rules()
+                .iter()
+                .flat_map(|r| r.exprs())
+                .filter(|e| e.encoding().is_some() && e.is_decoded())
+                .count()
+        };
+        assert_eq!(decoded(&read), 0);
+        assert_eq!(
+            read.evaluate(&ctx, &Budget::default()),
+            set.evaluate(&ctx, &Budget::default())
+        );
+        // Only r1's match (no shortcut), r5's (its shortcut holds) and its two actions ran.
+        let decision = read.evaluate(&ctx, &Budget::default()).unwrap();
+        assert_eq!(decision.rule.as_deref(), Some("r5"));
+        assert_eq!(decoded(&read), 4);
+        assert_eq!(read.to_cache("b", &fp), bytes);
+    }
 }

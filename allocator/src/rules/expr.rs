@@ -6,8 +6,9 @@
 //! rule it reads. The ANTLR parser, which keeps source positions, is used only to report an
 //! error (and when the Pratt parser refuses something, to have the reference parser decide).
 
+use std::ops::Range;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, SourceInfo};
@@ -21,6 +22,7 @@ use super::budget::{instrument, visit, Budget, Limit, Metered};
 use super::check::{check, Ty, POD_BASIC_FIELDS};
 use super::context::Context;
 use super::env::env;
+use super::shortcut::Shortcut;
 use super::{Position, RuleError};
 
 /// Longest expression source accepted, in bytes.
@@ -55,14 +57,31 @@ impl Want {
     }
 }
 
-/// A compiled expression, ready to evaluate.
+/// A compiled expression, ready to evaluate. Its source is the owner's (the rule's spec, the
+/// selector), not copied here.
 #[derive(Clone, Debug)]
 pub(crate) struct CompiledExpr {
-    pub(crate) source: String,
-    /// Shared: cloning a compiled rule (e.g. out of a cache) does not copy the tree.
-    program: Arc<IdedExpr>,
+    program: Program,
     want: Want,
     pub(crate) needs_metadata: bool,
+    /// For a `match` (a bool), what it gives without the interpreter, when that can be told.
+    pub(crate) shortcut: Option<Shortcut>,
+}
+
+/// The instrumented program. Shared: cloning a compiled rule does not copy the tree.
+#[derive(Clone, Debug)]
+enum Program {
+    Built(Arc<IdedExpr>),
+    /// As encoded in the cache a set was read from, decoded on first use: a process that reads
+    /// 100 rules from its cache decodes only the programs it runs.
+    Encoded(Arc<Encoded>),
+}
+
+#[derive(Debug)]
+struct Encoded {
+    cache: Arc<Vec<u8>>,
+    range: Range<usize>,
+    tree: OnceLock<Option<IdedExpr>>,
 }
 
 /// Why a run failed, before it is attributed to a rule and field.
@@ -258,24 +277,70 @@ fn shown(v: &dyn Val) -> String {
 }
 
 impl CompiledExpr {
-    /// An expression compiled earlier, e.g. read back from a cache.
+    /// An expression compiled earlier, read back from a cache.
     pub(crate) fn from_parts(
-        source: String,
-        program: Arc<IdedExpr>,
+        program: IdedExpr,
         want: Want,
         needs_metadata: bool,
+        shortcut: Option<Shortcut>,
     ) -> CompiledExpr {
         CompiledExpr {
-            source,
-            program,
+            program: Program::Built(Arc::new(program)),
             want,
             needs_metadata,
+            shortcut,
         }
     }
 
-    /// The instrumented program.
-    pub(crate) fn program(&self) -> &IdedExpr {
-        &self.program
+    /// An expression compiled earlier, its program still encoded in `cache[range]` (as
+    /// `cache::encode_tree` wrote it, in a process of this build): decoded when first run.
+    pub(crate) fn encoded(
+        cache: Arc<Vec<u8>>,
+        range: Range<usize>,
+        want: Want,
+        needs_metadata: bool,
+        shortcut: Option<Shortcut>,
+    ) -> CompiledExpr {
+        CompiledExpr {
+            program: Program::Encoded(Arc::new(Encoded {
+                cache,
+                range,
+                tree: OnceLock::new(),
+            })),
+            want,
+            needs_metadata,
+            shortcut,
+        }
+    }
+
+    /// The instrumented program; `None` if it was read from a cache and does not decode (which
+    /// `cache::encode` makes sure of before it writes a program).
+    pub(crate) fn program(&self) -> Option<&IdedExpr> {
+        match &self.program {
+            Program::Built(tree) => Some(tree),
+            Program::Encoded(e) => e
+                .tree
+                .get_or_init(|| super::cache::decode_tree(&e.cache[e.range.clone()]))
+                .as_ref(),
+        }
+    }
+
+    /// Whether the program was decoded (for tests: a program read from a cache is decoded only
+    /// when it runs).
+    #[cfg(test)]
+    pub(crate) fn is_decoded(&self) -> bool {
+        match &self.program {
+            Program::Built(_) => true,
+            Program::Encoded(e) => e.tree.get().is_some(),
+        }
+    }
+
+    /// The program as a cache encodes it, if it was read from one.
+    pub(crate) fn encoding(&self) -> Option<&[u8]> {
+        match &self.program {
+            Program::Encoded(e) => Some(&e.cache[e.range.clone()]),
+            Program::Built(_) => None,
+        }
     }
 
     /// Compiles `source` for `field` of `rule`.
@@ -365,8 +430,11 @@ impl CompiledExpr {
         let mut program = ast;
         instrument(&mut program, &checked.types);
         let compiled = CompiledExpr {
-            source: source.to_owned(),
-            program: Arc::new(program),
+            shortcut: match want {
+                Want::Bool => Shortcut::of(&program),
+                Want::String => None,
+            },
+            program: Program::Built(Arc::new(program)),
             want,
             needs_metadata,
         };
@@ -430,9 +498,15 @@ impl CompiledExpr {
         f: impl FnOnce(&dyn Val) -> T,
     ) -> Result<T, RunError> {
         meter.check_deadline().map_err(RunError::Budget)?;
+        // Fail closed: never reached, as only programs that decode are cached.
+        let program = self.program().ok_or_else(|| {
+            RunError::Exec(ExecutionError::InternalError(
+                "the compiled program in the node's rule cache does not decode".to_owned(),
+            ))
+        })?;
         // An interpreter bug must fail this ADD with an error, not abort the plugin.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            Value::resolve_val(&self.program, ctx).map(|v| f(v.as_ref()))
+            Value::resolve_val(program, ctx).map(|v| f(v.as_ref()))
         }));
         if let Some(limit) = meter.exceeded() {
             return Err(RunError::Budget(limit));

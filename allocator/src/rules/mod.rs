@@ -1,8 +1,9 @@
 //! The rule engine: AllocationRules and VlanSubnet selectors written in CEL, compiled and
 //! type-checked once, then evaluated on every ADD under a hard budget. Pure library: no
-//! Kubernetes, no etcd, no netlink. The operator compiles to validate (and mirrors only what
-//! compiles); the plugin compiles what it reads from etcd (or takes it from its own cache of
-//! what it compiled before, for an identical spec) and evaluates.
+//! Kubernetes, no netlink, and of etcd only the types of a response, for the rules'
+//! fingerprint. The operator compiles to validate (and mirrors only what compiles); the plugin
+//! compiles what it reads from etcd (or takes it from its own cache of what it compiled before,
+//! for an identical spec, or for the same fingerprint) and evaluates.
 //!
 //! Layout:
 //! - [`spec`](AllocationRuleSpec): the rule as mirrored into `<prefix>/config/rules/<name>`,
@@ -16,10 +17,15 @@
 //!   checkpoints the compiler inserts into every loop and every value-building call.
 //! - `expr`: one compiled expression: parse, check, instrument, trial run on a sample pod.
 //! - `context`: what an expression sees, [`Context`]: `pod` and `attachment`.
+//! - `shortcut`: what a `match` gives without the interpreter (a literal; a first test of the
+//!   namespace or another string field that fails), read off the compiled program.
 //! - `engine`: [`compile`], [`CompiledRule`], [`RuleSet`] and its [`Decision`], selectors.
 //! - `cache`: compiled rules as bytes, for [`RuleSet::to_cache`] and
 //!   [`RuleSet::from_mirrored_cached`]: how the one-shot plugin avoids compiling the same rules
 //!   on every ADD.
+//! - `fingerprint`: [`RulesFingerprint`], what etcd says of the rules prefix in one small read
+//!   (count, highest revision), so that a cache compiled from the same rules is used without
+//!   reading them.
 //!
 //! See `docs/rules.md` for the language as users see it.
 
@@ -30,7 +36,9 @@ mod context;
 mod engine;
 mod env;
 mod expr;
+mod fingerprint;
 mod net;
+mod shortcut;
 mod spec;
 
 use std::fmt;
@@ -42,6 +50,7 @@ pub use engine::{
     Decision, RuleSet, Selector, Sticky,
 };
 pub use expr::{MAX_EXPRESSION_BYTES, MAX_NESTING};
+pub use fingerprint::RulesFingerprint;
 pub use spec::{content_hash, AllocationRuleSpec, DenySpec, StickySpec, MAX_HOLD_SECONDS};
 
 /// Where in an expression's source an error is: 1-based line and column (in characters).
