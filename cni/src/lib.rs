@@ -6,6 +6,8 @@
 //! - [`policy`]: what an ADD allocates: netconf, pod annotations, AllocationRules, selectors.
 //! - [`rule_cache`]: the node's cache of compiled AllocationRules, so that an ADD does not
 //!   compile the rules the previous one compiled.
+//! - [`subnet_cache`]: the node's copy of the subnets its ADDs used, so that an ADD claims and
+//!   creates its link before it has read the configuration.
 
 pub mod conf;
 pub mod errors;
@@ -14,4 +16,5 @@ pub mod netns;
 pub mod plugin;
 pub mod policy;
 pub mod rule_cache;
+pub mod subnet_cache;
 pub mod types;

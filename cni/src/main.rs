@@ -7,7 +7,6 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
-use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -78,7 +77,7 @@ impl Write for LogFile {
     }
 }
 
-fn main() -> ExitCode {
+fn main() {
     let start = Instant::now();
     let env = conf::process_env();
     init_logging(&env);
@@ -88,7 +87,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
-    let outcome = match (read, runtime) {
+    let outcome = match (read, &runtime) {
         (Ok(_), Ok(rt)) => rt.block_on(plugin::run(&env, &stdin)),
         (Err(e), _) => plugin::failed(
             &env,
@@ -103,7 +102,7 @@ fn main() -> ExitCode {
             &stdin,
             static_macvlan_cni::errors::Error::Io {
                 op: "start runtime".into(),
-                source: e,
+                source: std::io::Error::new(e.kind(), e.to_string()),
             },
         ),
     };
@@ -146,5 +145,8 @@ fn main() -> ExitCode {
             error = %e
         ),
     }
-    ExitCode::from(outcome.exit_code as u8)
+    // Exit without tearing the runtime down: its connections and tasks need no goodbye, the
+    // kernel closes the sockets, and the runtime is waiting on the exit (stdout is flushed,
+    // stderr and the log file are unbuffered).
+    std::process::exit(outcome.exit_code)
 }

@@ -1416,7 +1416,7 @@ pub async fn setup_pod_macvlan(
     spec: &PodInterface,
 ) -> Result<PodLink, NetError> {
     let pending = create_pod_macvlan(host, pod_ns, spec).await?;
-    configure_pod_macvlan(pending, pod_ns, spec).await
+    configure_pod_macvlan(pending, spec).await
 }
 
 /// A pod macvlan as [`create_pod_macvlan`] leaves it: under a temporary name, down, without
@@ -1502,8 +1502,14 @@ pub async fn create_pod_macvlan(
         mtu: spec.mtu,
     };
     host.create_macvlan_in_netns(&new, pod_ns).await?;
+    // The kernel announces the link when it comes up if these are on; they follow the link
+    // through the rename, and setting them now keeps them off the way to bring-up.
     let index = match pod.link_by_name(&tmp_name).await {
-        Ok(link) => link.index,
+        Ok(link) => set_notify_sysctls(pod_ns, &tmp_name).map(|()| link.index),
+        Err(e) => Err(e),
+    };
+    let index = match index {
+        Ok(index) => index,
         Err(e) => {
             let _ = pod.delete_link_by_name(&tmp_name).await;
             return Err(e);
@@ -1527,10 +1533,9 @@ pub async fn create_pod_macvlan(
 /// [`NetError::Netlink`], [`NetError::DadFailed`], [`NetError::DadTimeout`].
 pub async fn configure_pod_macvlan(
     pending: PendingPodLink,
-    pod_ns: &Netns,
     spec: &PodInterface,
 ) -> Result<PodLink, NetError> {
-    configure_pod_macvlan_alongside(pending, pod_ns, spec, std::future::ready(()))
+    configure_pod_macvlan_alongside(pending, spec, std::future::ready(()))
         .await
         .0
 }
@@ -1544,7 +1549,6 @@ pub async fn configure_pod_macvlan(
 /// As [`configure_pod_macvlan`].
 pub async fn configure_pod_macvlan_alongside<F: Future>(
     pending: PendingPodLink,
-    pod_ns: &Netns,
     spec: &PodInterface,
     alongside: F,
 ) -> (Result<PodLink, NetError>, Option<F::Output>) {
@@ -1565,7 +1569,7 @@ pub async fn configure_pod_macvlan_alongside<F: Future>(
     }
     .await;
     let (configured, side) = match checked {
-        Ok(()) => configure_pod_link(&pending.pod, pod_ns, pending.index, spec, alongside).await,
+        Ok(()) => configure_pod_link(&pending.pod, pending.index, spec, alongside).await,
         Err(e) => (Err(e), None),
     };
     if configured.is_err() {
@@ -1580,7 +1584,6 @@ pub async fn configure_pod_macvlan_alongside<F: Future>(
 /// step before failed.
 async fn configure_pod_link<F: Future>(
     pod: &Netlink,
-    pod_ns: &Netns,
     index: u32,
     spec: &PodInterface,
     alongside: F,
@@ -1596,18 +1599,14 @@ async fn configure_pod_link<F: Future>(
     if let Err(e) = addressed {
         return (Err(e), None);
     }
-    let (up, side) = tokio::join!(bring_up(pod, pod_ns, index, spec), alongside);
+    // `alongside` first, so that it is under way before bring-up's first request.
+    let (side, up) = tokio::join!(alongside, bring_up(pod, index, spec));
     (up, Some(side))
 }
 
-async fn bring_up(
-    pod: &Netlink,
-    pod_ns: &Netns,
-    index: u32,
-    spec: &PodInterface,
-) -> Result<PodLink, NetError> {
-    // Before bring-up: the kernel sends its announcements on the transition to up.
-    set_notify_sysctls(pod_ns, &spec.ifname)?;
+/// Brings the link up (announced: [`create_pod_macvlan`] set `arp_notify`/`ndisc_notify`),
+/// adds the routes, waits for DAD.
+async fn bring_up(pod: &Netlink, index: u32, spec: &PodInterface) -> Result<PodLink, NetError> {
     pod.set_up(index).await?;
     // After bring-up: IPv6 installs connected routes only on an up link, and a gateway must be
     // reachable through one.

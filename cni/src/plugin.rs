@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
-use static_macvlan_allocator::rules::RuleSet;
+use static_macvlan_allocator::rules::{RuleSet, RulesFingerprint};
 use static_macvlan_allocator::{
-    Allocator, EtcdConfig, IpRequest, MacAddr, MacRequest, Options, Owner, Released, Reservation,
-    State, StickyHold, Subnet,
+    Allocator, EtcdConfig, IpRequest, LoadedSubnet, MacAddr, MacRequest, Options, Owner, Released,
+    Reservation, State, StickyHold, Subnet,
 };
 
 use crate::conf::{self, Command, EnvMap, IpWanted, NetConf, Requested, RuntimeEnv};
@@ -31,6 +31,7 @@ use crate::errors::Error;
 use crate::netlink::{self, LinkLock, NetError, Netlink, PodInterface, Route};
 use crate::netns::Netns;
 use crate::policy;
+use crate::subnet_cache;
 use crate::types::{self, CniResult, CniVersion, Interface, IpConfig, RouteConfig};
 
 /// Default directory for node-local state: link locks and the marks of VLAN sub-interfaces
@@ -518,6 +519,41 @@ fn try_next_subnet(e: &Error) -> bool {
     )
 }
 
+/// What one ADD works with, for the functions it is made of.
+struct Add<'a> {
+    conf: &'a NetConf,
+    rt: &'a RuntimeEnv,
+    settings: &'a Settings,
+    alloc: &'a Allocator,
+    host: &'a Netlink,
+    pod_ns: &'a Netns,
+    netns_path: &'a Path,
+    owner: &'a Owner,
+}
+
+impl Add<'_> {
+    fn link_at<'b>(&'b self, target: &'b LinkTarget) -> LinkAt<'b> {
+        LinkAt {
+            host: self.host,
+            pod_ns: self.pod_ns,
+            target,
+            ifname: &self.rt.ifname,
+            settings: self.settings,
+        }
+    }
+
+    async fn undo(&self, undo: Undo) {
+        undo.run(
+            self.alloc,
+            self.host,
+            self.netns_path,
+            &self.rt.ifname,
+            self.settings,
+        )
+        .await;
+    }
+}
+
 async fn add(
     conf: &NetConf,
     rt: &RuntimeEnv,
@@ -536,47 +572,178 @@ async fn add(
         .transpose()?;
     let host = Netlink::open()?;
     let alloc = connect_for_add(conf, settings).await?;
+    let a = Add {
+        conf,
+        rt,
+        settings,
+        alloc: &alloc,
+        host: &host,
+        pod_ns: &pod_ns,
+        netns_path,
+        owner: &owner,
+    };
+    let kept = conf
+        .subnet
+        .as_deref()
+        .and_then(|s| subnet_cache::load(&settings.run_dir, &conf.etcd, s, &alloc));
+    let kept_stored = kept.as_ref().map(|k| k.stored.clone());
     // One round trip's time for all the reads: the netconf's subnet (and MAC pools), the pending
-    // lease, the rules and the pod mirror go out together on the one connection.
-    let (loaded, lease, rules, record) = tokio::join!(
+    // lease, the rules and the pod mirror go out together on the one connection; with them, when
+    // the node kept the netconf's subnet, the early claim, while the pod's link is created.
+    let (loaded, lease, rules, record, early) = tokio::join!(
         async {
             match &conf.subnet {
-                Some(s) => Some(alloc.load_subnet(s).await),
+                Some(s) => Some(alloc.load_subnet_at(s).await),
                 None => None,
             }
         },
         alloc.prepare(),
         async {
             if conf.rules {
-                alloc.rules().await
+                alloc.rules_fingerprint().await.map(Some)
             } else {
-                Ok(Vec::new())
+                Ok(None)
             }
         },
         read_mirror(&alloc, rt),
+        start_early(&a, kept),
     );
-    lease?;
+    if let Some(Ok(l)) = &loaded {
+        subnet_cache::keep(
+            &settings.run_dir,
+            &conf.etcd,
+            &l.stored,
+            kept_stored.as_ref(),
+        );
+    }
+    let mut early = early;
+    let read = Reads {
+        loaded,
+        lease,
+        rules,
+        record,
+    };
+    let result = add_planned(&a, read, &mut early, prev, chosen, decision).await;
+    if let Some(e) = early.take() {
+        e.abandon(&a).await;
+    }
+    result
+}
+
+/// What an ADD's first round trip read.
+struct Reads {
+    loaded: Option<Result<LoadedSubnet, static_macvlan_allocator::Error>>,
+    lease: Result<(), static_macvlan_allocator::Error>,
+    /// The fingerprint of the rules (`None` when the netconf says not to use them).
+    rules: Result<Option<RulesFingerprint>, static_macvlan_allocator::Error>,
+    record: Result<Option<static_macvlan_allocator::model::PodRecord>, Error>,
+}
+
+/// What an ADD started before it read anything, from the node's copy of the netconf's subnet:
+/// a claim for the requests the netconf and CNI_ARGS make (automatic ones from the node's
+/// hints), and the pod's link, created down under a temporary name. Kept when the plan, made
+/// from what was read, turns out to want exactly this; otherwise taken back.
+struct Early {
+    kept: LoadedSubnet,
+    target: LinkTarget,
+    ip_req: IpRequest,
+    mac_req: MacRequest,
+    /// The early claim, when it was made (its undo is in `undo`).
+    reservation: Option<Reservation>,
+    prepared: Option<Prepared>,
+    /// What giving it all back takes: the claim, a VLAN created for the link.
+    undo: Undo,
+}
+
+impl Early {
+    async fn abandon(self, a: &Add<'_>) {
+        tracing::debug!(
+            claimed = self.reservation.is_some(),
+            "the early start does not fit the plan: taken back"
+        );
+        if let Some(p) = self.prepared {
+            // Its VLAN lock goes first: undo takes it to delete an unused VLAN.
+            p.link.discard().await;
+        }
+        a.undo(self.undo).await;
+    }
+}
+
+async fn start_early(a: &Add<'_>, kept: Option<LoadedSubnet>) -> Option<Early> {
+    let kept = kept?;
+    let ip_req = ip_request(a.conf.static_ips(&a.rt.args), &kept.subnet).ok()?;
+    let mac_req = mac_request(
+        a.conf.static_mac(&a.rt.args),
+        &kept.subnet,
+        kept.pool.clone(),
+    )
+    .ok()?;
+    let mut undo = Undo::default();
+    let link = async {
+        let target = link_target(a.conf, a.host, &kept.subnet).await.ok()?;
+        let prepared = prepare_link(&a.link_at(&target), &mut undo)
+            .await
+            .inspect_err(|e| tracing::debug!(error = %e, "early link"))
+            .ok();
+        Some((target, prepared))
+    };
+    let (claimed, link) = tokio::join!(a.alloc.claim_early(&kept, a.owner, ip_req, &mac_req), link);
+    let reservation = claimed
+        .inspect_err(|e| tracing::debug!(error = %e, "early claim"))
+        .ok()
+        .flatten();
+    undo.reservation = reservation.clone();
+    let Some((target, prepared)) = link else {
+        // No link target (the master is missing…): the ordinary ADD reports it.
+        if let Some(res) = &reservation {
+            if let Err(e) = a.alloc.release_exact(res).await {
+                tracing::warn!(error = %e, "give back the early claim");
+            }
+        }
+        return None;
+    };
+    Some(Early {
+        kept,
+        target,
+        ip_req,
+        mac_req,
+        reservation,
+        prepared,
+        undo,
+    })
+}
+
+/// Plans the attachment from what the first round trip read, and attaches it in the first
+/// subnet of the plan with room.
+async fn add_planned(
+    a: &Add<'_>,
+    read: Reads,
+    early: &mut Option<Early>,
+    prev: Option<CniResult>,
+    chosen: &mut Option<String>,
+    decision: &mut Option<String>,
+) -> Result<Value, Error> {
+    let (conf, rt, alloc) = (a.conf, a.rt, a.alloc);
+    read.lease?;
     tracing::debug!("read configuration");
-    let rules = rules?;
-    let rules: RuleSet = crate::rule_cache::compile(&rules, &settings.run_dir, &conf.etcd)
-        .map_err(|source| Error::Rule {
-            source,
-            note: String::new(),
-        })?;
+    let rules = match read.rules? {
+        None => RuleSet::default(),
+        Some(fp) => load_rules(a, &fp).await?,
+    };
     let pod = match (&rt.args.pod_namespace, &rt.args.pod_name) {
         (Some(ns), Some(name)) => Some(format!("{ns}/{name}")),
         _ => None,
     };
-    let mut mirror = policy::Mirror::of(record?, rt.args.pod_uid.as_deref(), pod);
+    let mut mirror = policy::Mirror::of(read.record?, rt.args.pod_uid.as_deref(), pod);
     if conf.pod_mirror_wait.is_zero() {
         mirror.waited = true;
     }
-    let mut loaded = loaded;
+    let mut loaded = read.loaded;
     if mirror.stale && !mirror.waited && conf.pod_annotations {
         // A predecessor of the same name is mirrored: the operator runs and will mirror this
         // pod shortly; its annotations may differ.
         wait_for_mirror(
-            &alloc,
+            alloc,
             conf,
             rt,
             &mut mirror,
@@ -585,10 +752,10 @@ async fn add(
         .await?;
     }
     'plan: loop {
-        let plan = match policy::plan(conf, rt, &owner, &rules, &mirror)? {
+        let plan = match policy::plan(conf, rt, a.owner, &rules, &mirror)? {
             policy::Step::Plan(p) => p,
             policy::Step::WaitForMirror(why) => {
-                wait_for_mirror(&alloc, conf, rt, &mut mirror, &why).await?;
+                wait_for_mirror(alloc, conf, rt, &mut mirror, &why).await?;
                 continue 'plan;
             }
         };
@@ -600,17 +767,23 @@ async fn add(
             *chosen = Some(name.clone());
             let read = match loaded.take() {
                 Some(r) if conf.subnet.as_deref() == Some(name.as_str()) => r,
-                _ => alloc.load_subnet(name).await,
+                _ => alloc.load_subnet_at(name).await,
             };
-            let (subnet, pool) = read?;
-            tracing::debug!(subnet = %subnet.name, "read subnet");
-            let ip_req = ip_request(&plan.ips, &subnet)?;
+            let l = read?;
+            tracing::debug!(subnet = %l.subnet.name, "read subnet");
+            let fits = |e: &Early| e.kept.subnet.name == *name && e.kept.stored == l.stored;
+            if early.as_ref().is_some_and(|e| !fits(e)) {
+                if let Some(e) = early.take() {
+                    e.abandon(a).await;
+                }
+            }
+            let ip_req = ip_request(&plan.ips, &l.subnet)?;
             let static_ip = match ip_req {
                 IpRequest::Static(a) => Some(a),
                 IpRequest::Auto => None,
             };
             let admitted = policy::admit(
-                &subnet,
+                &l.subnet,
                 &plan,
                 static_ip,
                 plan.mac.as_ref().map(|m| m.value),
@@ -620,7 +793,7 @@ async fn add(
             match admitted {
                 Ok(policy::Admit::Yes) => {}
                 Ok(policy::Admit::WaitForMirror(why)) => {
-                    wait_for_mirror(&alloc, conf, rt, &mut mirror, &why).await?;
+                    wait_for_mirror(alloc, conf, rt, &mut mirror, &why).await?;
                     continue 'plan;
                 }
                 Err(e) if more && try_next_subnet(&e) => {
@@ -631,19 +804,14 @@ async fn add(
                 Err(e) => return Err(e),
             }
             let attempt = add_in_subnet(
-                conf,
-                rt,
-                settings,
-                &alloc,
-                &host,
-                &pod_ns,
-                &owner,
+                a,
                 &plan,
-                subnet,
-                pool,
+                l.subnet,
+                l.pool,
                 ip_req,
                 prev.clone(),
                 !more,
+                early.take(),
             )
             .await;
             match attempt {
@@ -658,25 +826,30 @@ async fn add(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn add_in_subnet(
-    conf: &NetConf,
-    rt: &RuntimeEnv,
-    settings: &Settings,
-    alloc: &Allocator,
-    host: &Netlink,
-    pod_ns: &Netns,
-    owner: &Owner,
-    plan: &policy::Plan,
+/// The rules whose fingerprint etcd gave: from the node's cache of compiled rules when it holds
+/// exactly those, else read (again with their fingerprint, of that very read) and compiled.
+async fn load_rules(a: &Add<'_>, fp: &RulesFingerprint) -> Result<RuleSet, Error> {
+    let (run_dir, etcd) = (&a.settings.run_dir, &a.conf.etcd);
+    if let Some(set) = crate::rule_cache::cached(run_dir, etcd, fp) {
+        return Ok(set);
+    }
+    let (specs, fp) = a.alloc.rules_with_fingerprint().await?;
+    crate::rule_cache::compile(&specs, run_dir, etcd, &fp).map_err(|source| Error::Rule {
+        source,
+        note: String::new(),
+    })
+}
+
+/// Where the pod's link goes on this node: the subnet, its master here (checked to exist and
+/// to carry the subnet's MTU) and the parent the macvlan sits on (the master or its VLAN).
+struct LinkTarget {
     subnet: Subnet,
-    pool: Option<static_macvlan_allocator::MacPool>,
-    ip_req: IpRequest,
-    prev: Option<CniResult>,
-    last_subnet: bool,
-) -> Result<Value, Error> {
-    let netns_path = rt.netns.as_deref().expect("ADD requires CNI_NETNS");
-    let mode = subnet.mode;
-    let master = master_of(conf, &subnet);
+    master: String,
+    parent: String,
+}
+
+async fn link_target(conf: &NetConf, host: &Netlink, subnet: &Subnet) -> Result<LinkTarget, Error> {
+    let master = master_of(conf, subnet);
     let master_field = if conf.master.is_some() {
         "master".to_string()
     } else {
@@ -701,9 +874,22 @@ async fn add_in_subnet(
             ));
         }
     }
-    let parent = parent_name(&master, &subnet)?;
-    let mac_req = match (plan.mac.as_ref(), mode) {
-        // A passthru macvlan always carries its parent's MAC.
+    let parent = parent_name(&master, subnet)?;
+    Ok(LinkTarget {
+        subnet: subnet.clone(),
+        master,
+        parent,
+    })
+}
+
+/// The MAC request of an attachment in `subnet`: the static one, else one from its pool, else
+/// none (the kernel's random MAC); a passthru macvlan always carries its parent's MAC.
+fn mac_request(
+    wanted: Option<&Requested<MacAddr>>,
+    subnet: &Subnet,
+    pool: Option<static_macvlan_allocator::MacPool>,
+) -> Result<MacRequest, Error> {
+    Ok(match (wanted, subnet.mode) {
         (Some(r), netlink::MacvlanMode::Passthru) => {
             return Err(r.error(
                 r.value,
@@ -719,34 +905,78 @@ async fn add_in_subnet(
             Some(pool) => MacRequest::Auto(pool),
             None => MacRequest::None,
         },
-    };
+    })
+}
 
+#[allow(clippy::too_many_arguments)]
+async fn add_in_subnet(
+    a: &Add<'_>,
+    plan: &policy::Plan,
+    subnet: Subnet,
+    pool: Option<static_macvlan_allocator::MacPool>,
+    ip_req: IpRequest,
+    prev: Option<CniResult>,
+    last_subnet: bool,
+    early: Option<Early>,
+) -> Result<Value, Error> {
+    let (alloc, rt) = (a.alloc, a.rt);
+    // The early start, when there is one, was made for this very configuration.
+    let (target, mut undo, early_claim, early_link) = match early {
+        Some(e) => (
+            e.target,
+            e.undo,
+            e.reservation.map(|r| (r, e.ip_req, e.mac_req)),
+            e.prepared,
+        ),
+        None => (
+            link_target(a.conf, a.host, &subnet).await?,
+            Undo::default(),
+            None,
+            None,
+        ),
+    };
+    let mac_req = match mac_request(plan.mac.as_ref(), &subnet, pool) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(p) = early_link {
+                p.link.discard().await;
+            }
+            a.undo(undo).await;
+            return Err(e);
+        }
+    };
     let sticky = plan.sticky.as_ref().map(|s| StickyHold {
         key: s.key.clone(),
         hold: s.hold,
     });
-    let reserve = alloc.reserve_sticky(&subnet, owner, ip_req, &mac_req, sticky.as_ref());
-    let mut undo = Undo::default();
-    let link_at = LinkAt {
-        host,
-        pod_ns,
-        subnet: &subnet,
-        master: &master,
-        parent: &parent,
-        mode,
-        ifname: &rt.ifname,
-        settings,
+    let early_claim = match early_claim {
+        Some((res, i, m)) if i == ip_req && m == mac_req && sticky.is_none() => Some(res),
+        Some((res, ..)) => {
+            // Planned otherwise than guessed. The claim holds this attachment: it goes back
+            // before the reservation the plan wants.
+            tracing::debug!(ip = %res.record.ip, "the early claim does not fit the plan");
+            undo.reservation = None;
+            if let Err(e) = alloc.release_exact(&res).await {
+                tracing::warn!(error = %e, "give back the early claim");
+            }
+            None
+        }
+        None => None,
     };
+    let reserve = alloc.reserve_sticky(&subnet, a.owner, ip_req, &mac_req, sticky.as_ref());
+    let link_at = a.link_at(&target);
     // The link does not need the addresses until it is configured: it is created while etcd
     // answers, and the loser's work is undone when either fails. Not while other subnets are
     // left to try: a full one would cost a link deletion (~20 ms) before the next.
-    let (reserved, prepared) = if last_subnet {
-        tokio::join!(reserve, prepare_link(&link_at, &mut undo))
-    } else {
-        match reserve.await {
+    let (reserved, prepared) = match (early_claim, early_link) {
+        (Some(res), Some(p)) => (Ok(res), Ok(p)),
+        (Some(res), None) => (Ok(res), prepare_link(&link_at, &mut undo).await),
+        (None, Some(p)) => (reserve.await, Ok(p)),
+        (None, None) if last_subnet => tokio::join!(reserve, prepare_link(&link_at, &mut undo)),
+        (None, None) => match reserve.await {
             Ok(res) => (Ok(res), prepare_link(&link_at, &mut undo).await),
             Err(e) => return Err(e.into()),
-        }
+        },
     };
     if let Ok(res) = &reserved {
         tracing::debug!(ip = %res.record.ip, state = ?res.record.state, "reserved");
@@ -760,13 +990,11 @@ async fn add_in_subnet(
                 // Its VLAN lock goes first: undo takes it to delete an unused VLAN.
                 p.link.discard().await;
             }
-            undo.run(alloc, host, netns_path, &rt.ifname, settings)
-                .await;
+            a.undo(undo).await;
             return Err(e.into());
         }
         (Ok(_), Err(e)) => {
-            undo.run(alloc, host, netns_path, &rt.ifname, settings)
-                .await;
+            a.undo(undo).await;
             return Err(e);
         }
     };
@@ -774,8 +1002,7 @@ async fn add_in_subnet(
     let (link, routes) = match setup {
         Ok(attached) => attached,
         Err(e) => {
-            undo.run(alloc, host, netns_path, &rt.ifname, settings)
-                .await;
+            a.undo(undo).await;
             return Err(e);
         }
     };
@@ -785,24 +1012,21 @@ async fn add_in_subnet(
         res.record.ip,
         &rt.ifname,
         link.mac,
-        netns_path,
+        a.netns_path,
         &routes,
     );
     let result = match prev {
         Some(prev) => CniResult::chain_after(prev, ours),
         None => ours,
     };
-    Ok(result.to_json(conf.cni_version))
+    Ok(result.to_json(a.conf.cni_version))
 }
 
 /// Where and how an ADD puts the pod's link.
 struct LinkAt<'a> {
     host: &'a Netlink,
     pod_ns: &'a Netns,
-    subnet: &'a Subnet,
-    master: &'a str,
-    parent: &'a str,
-    mode: netlink::MacvlanMode,
+    target: &'a LinkTarget,
     ifname: &'a str,
     settings: &'a Settings,
 }
@@ -819,13 +1043,13 @@ struct Prepared {
 /// Everything of the pod's link that needs no address: the routes it will get, its VLAN, and
 /// the macvlan itself, created down under a temporary name.
 async fn prepare_link(at: &LinkAt<'_>, undo: &mut Undo) -> Result<Prepared, Error> {
-    let subnet = at.subnet;
+    let subnet = &at.target.subnet;
     let vlan_lock = if subnet.vlan != 0 {
-        let lock = LinkLock::acquire(&at.settings.lock_dir(), at.parent)?;
-        let (_, created) = at.host.ensure_vlan(at.master, subnet.vlan).await?;
+        let lock = LinkLock::acquire(&at.settings.lock_dir(), &at.target.parent)?;
+        let (_, created) = at.host.ensure_vlan(&at.target.master, subnet.vlan).await?;
         if created {
-            mark_vlan_ours(at.settings, at.parent);
-            undo.vlan = Some(at.parent.to_string());
+            mark_vlan_ours(at.settings, &at.target.parent);
+            undo.vlan = Some(at.target.parent.clone());
         }
         Some(lock)
     } else {
@@ -833,9 +1057,9 @@ async fn prepare_link(at: &LinkAt<'_>, undo: &mut Undo) -> Result<Prepared, Erro
     };
     let mut routes = routes_of(subnet);
     let spec = PodInterface {
-        parent: at.parent.to_string(),
+        parent: at.target.parent.clone(),
         ifname: at.ifname.to_string(),
-        mode: at.mode,
+        mode: at.target.subnet.mode,
         mac: None,
         mtu: subnet.mtu,
         addresses: Vec::new(),
@@ -892,19 +1116,19 @@ async fn finish_link(
     } = prepared;
     let ip = res.record.ip;
     let spec = PodInterface {
-        parent: at.parent.to_string(),
+        parent: at.target.parent.clone(),
         ifname: at.ifname.to_string(),
-        mode: at.mode,
+        mode: at.target.subnet.mode,
         mac: res.record.mac.map(|m| m.0),
-        mtu: at.subnet.mtu,
+        mtu: at.target.subnet.mtu,
         addresses: vec![
-            IpNetwork::new(ip, at.subnet.cidr.prefix()).expect("prefix of the subnet fits")
+            IpNetwork::new(ip, at.target.subnet.cidr.prefix()).expect("prefix of the subnet fits")
         ],
         routes: routes.clone(),
         dad_timeout: ip.is_ipv6().then_some(DAD_TIMEOUT),
     };
     let (configured, committed) =
-        netlink::configure_pod_macvlan_alongside(link, at.pod_ns, &spec, alloc.commit(res)).await;
+        netlink::configure_pod_macvlan_alongside(link, &spec, alloc.commit(res)).await;
     if let (Some(Ok(c)), Some(_)) = (&committed, &undo.reservation) {
         // What a failure from here on gives back is the committed reservation.
         undo.reservation = Some(c.clone());
@@ -919,12 +1143,14 @@ async fn finish_link(
         None => unreachable!("a configured link ran the commit alongside"),
     }
 
-    if at.subnet.host_shim {
-        let shim = shim_name(at.parent);
+    if at.target.subnet.host_shim {
+        let shim = shim_name(&at.target.parent);
         let _lock = LinkLock::acquire(&at.settings.lock_dir(), &shim)?;
         // Recorded first: undo then also deletes a shim this call created but could not route.
         undo.host_route = Some((ip, shim.clone()));
-        at.host.ensure_host_shim(at.parent, &shim, &[]).await?;
+        at.host
+            .ensure_host_shim(&at.target.parent, &shim, &[])
+            .await?;
         at.host.add_host_route(ip, &shim).await?;
         at.host.pin_host_neighbour(ip, link.mac, &shim).await?;
     }

@@ -356,9 +356,7 @@ async fn a_link_created_before_its_mac_is_known_gets_it_when_configured() {
 
     let mut full = spec("net1", &["192.0.2.41/24"]);
     full.mac = Some(mac("02:5a:00:00:00:41"));
-    let link = configure_pod_macvlan(pending, &pod_ns, &full)
-        .await
-        .unwrap();
+    let link = configure_pod_macvlan(pending, &full).await.unwrap();
     assert_eq!(
         (link.name.as_str(), link.mac),
         ("net1", mac("02:5a:00:00:00:41"))
@@ -384,6 +382,6 @@ async fn a_link_created_before_its_mac_is_known_gets_it_when_configured() {
         .unwrap();
     let mut bad = spec("net2", &["192.0.2.42/24"]);
     bad.mac = Some(mac("01:00:5e:00:00:01"));
-    assert!(configure_pod_macvlan(pending, &pod_ns, &bad).await.is_err());
+    assert!(configure_pod_macvlan(pending, &bad).await.is_err());
     assert_eq!(pod.link_names().unwrap(), vec!["lo", "net1"]);
 }

@@ -429,8 +429,14 @@ impl Cluster {
             .block_on(Allocator::connect(&cfg, Options::default()))
             .expect("allocator");
         rt.block_on(alloc.ensure_schema()).expect("schema");
+        // On a tmpfs, as `/run` is on a real node (not on this test machine, whose /run is on
+        // its root file system).
         let run_dirs = (0..nodes)
-            .map(|_| tempfile::tempdir().expect("run dir"))
+            .map(|_| {
+                tempfile::tempdir_in("/dev/shm")
+                    .or_else(|_| tempfile::tempdir())
+                    .expect("run dir")
+            })
             .collect();
         Cluster {
             etcd,
@@ -441,6 +447,11 @@ impl Cluster {
             forwarders,
             run_dirs,
         }
+    }
+
+    /// Node `i`'s `STATIC_MACVLAN_RUN_DIR`.
+    pub fn run_dir(&self, i: usize) -> &Path {
+        self.run_dirs[i].path()
     }
 
     pub fn node_name(&self, i: usize) -> String {
