@@ -5,7 +5,12 @@
 //! with callgrind). Shared libraries, stack and heap stay randomised.
 
 fn main() {
-    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+    // A static executable (musl, or glibc with `crt-static`) has no dynamic loader to spare: it is
+    // linked as rustc chooses, static-pie (a -no-pie on top of that makes it crash at start).
+    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    let static_crt = features.split(',').any(|f| f == "crt-static")
+        || std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("musl");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") && !static_crt {
         println!("cargo:rustc-link-arg-bin=static-macvlan=-no-pie");
     }
 }
