@@ -1839,14 +1839,7 @@ impl Allocator {
     /// # Errors
     /// [`Error::Unavailable`]; [`Error::Corrupt`] naming the key of a value that does not decode.
     pub async fn rules(&self) -> Result<Vec<Mirrored<crate::rules::AllocationRuleSpec>>, Error> {
-        let kvs = self
-            .get(
-                "read allocation rules",
-                self.keys.rules(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        kvs.iter().map(decode).collect()
+        self.rules_with_fingerprint().await.map(|(rules, _)| rules)
     }
 
     /// The [`RulesFingerprint`](crate::rules::RulesFingerprint) of the rules prefix, from one

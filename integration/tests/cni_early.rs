@@ -34,6 +34,23 @@ fn kept_files(c: &Cluster) -> Vec<std::path::PathBuf> {
         .unwrap_or_default()
 }
 
+/// One node, subnet `lan`, and one ADD done: the node keeps the subnet and has hints.
+fn primed() -> (Cluster, Value) {
+    let c = Cluster::new(1);
+    c.put_subnet("lan", |_| {});
+    let conf = c.netconf("lan", "1.1.0");
+    c.cni(0, "ADD", &conf, &Pod::new("first"), "net1").ok();
+    (c, conf)
+}
+
+/// The reservations of `p`.
+fn held_by(c: &Cluster, p: &Pod) -> Vec<static_macvlan_allocator::Reservation> {
+    c.reservations()
+        .into_iter()
+        .filter(|r| r.record.owner.pod_uid == p.uid)
+        .collect()
+}
+
 #[test]
 fn the_second_add_claims_early_and_the_result_is_the_same() {
     let c = Cluster::new(1);
@@ -87,10 +104,7 @@ fn the_second_add_claims_early_and_the_result_is_the_same() {
 
 #[test]
 fn a_changed_subnet_is_not_claimed_against() {
-    let c = Cluster::new(1);
-    c.put_subnet("lan", |_| {});
-    let conf = c.netconf("lan", "1.1.0");
-    c.cni(0, "ADD", &conf, &Pod::new("first"), "net1").ok();
+    let (c, conf) = primed();
 
     // The operator moves the range: the kept copy (and every hint) is now of the old one.
     c.put_subnet("lan", |s| {
@@ -129,10 +143,7 @@ fn a_changed_subnet_is_not_claimed_against() {
 
 #[test]
 fn a_kept_copy_that_differs_from_etcd_costs_only_the_early_start() {
-    let c = Cluster::new(1);
-    c.put_subnet("lan", |_| {});
-    let conf = c.netconf("lan", "1.1.0");
-    c.cni(0, "ADD", &conf, &Pod::new("first"), "net1").ok();
+    let (c, conf) = primed();
 
     // Same revision, other content (a tampered or corrupted copy): the early claim goes
     // through, as etcd still has that revision, but the configuration read says otherwise.
@@ -153,11 +164,7 @@ fn a_kept_copy_that_differs_from_etcd_costs_only_the_early_start() {
     assert_eq!(res["ips"][0]["gateway"], GATEWAY);
     assert_eq!(p.ns.link_names().unwrap(), ["lo", "net1"]);
     // One reservation for the pod, the one in the result: the early claim was given back.
-    let mine: Vec<_> = c
-        .reservations()
-        .into_iter()
-        .filter(|r| r.record.owner.pod_uid == p.uid)
-        .collect();
+    let mine = held_by(&c, &p);
     assert_eq!(mine.len(), 1, "{}", c.dump());
     assert_eq!(format!("{}/24", mine[0].record.ip), ip_of(&res));
     assert_eq!(c.reservations().len(), 2, "{}", c.dump());
@@ -173,10 +180,7 @@ fn a_kept_copy_that_differs_from_etcd_costs_only_the_early_start() {
 
 #[test]
 fn an_annotation_the_early_claim_could_not_know_wins() {
-    let c = Cluster::new(1);
-    c.put_subnet("lan", |_| {});
-    let conf = c.netconf("lan", "1.1.0");
-    c.cni(0, "ADD", &conf, &Pod::new("first"), "net1").ok();
+    let (c, conf) = primed();
 
     let p = Pod::new("annotated");
     c.put_pod_mirror(&p, &p.uid, &[], &[("static-ip", "10.230.0.150")]);
@@ -184,11 +188,7 @@ fn an_annotation_the_early_claim_could_not_know_wins() {
     assert!(claimed_early(&run), "{}", run.stderr);
     assert!(abandoned_early(&run), "{}", run.stderr);
     assert_eq!(ip_of(&run.json()), "10.230.0.150/24");
-    let mine: Vec<_> = c
-        .reservations()
-        .into_iter()
-        .filter(|r| r.record.owner.pod_uid == p.uid)
-        .collect();
+    let mine = held_by(&c, &p);
     assert_eq!(mine.len(), 1, "{}", c.dump());
     assert_eq!(mine[0].record.ip.to_string(), "10.230.0.150");
     assert_eq!(mine[0].record.state, State::Committed);
@@ -196,10 +196,7 @@ fn an_annotation_the_early_claim_could_not_know_wins() {
 
 #[test]
 fn a_denied_add_takes_back_the_early_claim_and_link() {
-    let c = Cluster::new(1);
-    c.put_subnet("lan", |_| {});
-    let conf = c.netconf("lan", "1.1.0");
-    c.cni(0, "ADD", &conf, &Pod::new("first"), "net1").ok();
+    let (c, conf) = primed();
     let before = c.reservations().len();
 
     c.put_rule(
