@@ -1599,7 +1599,10 @@ fn the_dockerfile_builds_both_images_the_manifests_run() {
     for needle in [
         "protobuf-compiler",
         "cargo build --release --locked",
-        "-p static-macvlan-cni -p static-macvlan-operator",
+        "--target \"$target\" -p static-macvlan-cni",
+        // The operator stays position-independent; the plugin follows .cargo/config.toml.
+        "RUSTFLAGS=\"-C relocation-model=pie\"",
+        "--target \"$target\" -p static-macvlan-operator",
         " AS cni",
         " AS operator",
         "/usr/local/bin/static-macvlan-operator",
@@ -1609,6 +1612,14 @@ fn the_dockerfile_builds_both_images_the_manifests_run() {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle:?}");
     }
     assert!(!dockerfile.contains(":latest"), "unpinned base image");
+    // The shipped plugin (musl) is linked position-dependent, for its start-up.
+    let config =
+        std::fs::read_to_string(repo().join(".cargo/config.toml")).expect(".cargo/config.toml");
+    assert!(
+        config.contains("[target.'cfg(target_env = \"musl\")']")
+            && config.contains("\"relocation-model=static\""),
+        "{config}"
+    );
     // The operator's non-root user is the one its Deployment declares.
     let dep = build("base").get("Deployment", "static-macvlan-operator");
     assert_eq!(
