@@ -532,6 +532,32 @@ pub struct Allocator {
     hints: Arc<Hints>,
 }
 
+/// What a reservation asks for, checked before anything is read or written: the owner, the
+/// sticky key, a static IP against the subnet, a static MAC for being unicast.
+fn check_request(
+    subnet: &Subnet,
+    owner: &Owner,
+    ip: IpRequest,
+    mac: &MacRequest,
+    sticky: Option<&StickyHold>,
+) -> Result<(), Error> {
+    owner.validate()?;
+    if let Some(s) = sticky {
+        if s.key.is_empty() || s.key.len() > 512 {
+            return Err(invalid("sticky.key", &s.key, "must be 1 to 512 bytes"));
+        }
+    }
+    if let IpRequest::Static(addr) = ip {
+        subnet.check_static(addr)?;
+    }
+    if let MacRequest::Static(m) = mac {
+        if m.is_multicast() || m.is_zero() {
+            return Err(invalid("mac", m, "is not a unicast address"));
+        }
+    }
+    Ok(())
+}
+
 /// One of a transaction's responses as a get response's key-values.
 fn kvs_of(resp: &TxnOpResponse) -> &[KeyValue] {
     match resp {
@@ -981,20 +1007,7 @@ impl Allocator {
         mac: &MacRequest,
         sticky: Option<&StickyHold>,
     ) -> Result<Reservation, Error> {
-        owner.validate()?;
-        if let Some(s) = sticky {
-            if s.key.is_empty() || s.key.len() > 512 {
-                return Err(invalid("sticky.key", &s.key, "must be 1 to 512 bytes"));
-            }
-        }
-        if let IpRequest::Static(addr) = ip {
-            subnet.check_static(addr)?;
-        }
-        if let MacRequest::Static(m) = mac {
-            if m.is_multicast() || m.is_zero() {
-                return Err(invalid("mac", m, "is not a unicast address"));
-            }
-        }
+        check_request(subnet, owner, ip, mac, sticky)?;
         let op = format!("reserve ip in subnet {} for {owner}", subnet.name);
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(2))
@@ -1129,16 +1142,7 @@ impl Allocator {
         mac_req: &MacRequest,
     ) -> Result<Option<Reservation>, Error> {
         let subnet = &kept.subnet;
-        let valid = owner.validate().is_ok()
-            && match ip_req {
-                IpRequest::Static(a) => subnet.check_static(a).is_ok(),
-                IpRequest::Auto => true,
-            }
-            && match mac_req {
-                MacRequest::Static(m) => !(m.is_multicast() || m.is_zero()),
-                _ => true,
-            };
-        if !valid {
+        if check_request(subnet, owner, ip_req, mac_req, None).is_err() {
             return Ok(None);
         }
         let automatic = matches!(ip_req, IpRequest::Auto) || matches!(mac_req, MacRequest::Auto(_));

@@ -205,9 +205,8 @@ async fn connect(conf: &NetConf) -> Result<Allocator, Error> {
 /// addresses a window read saw, one file per cluster and prefix, so that most ADDs claim one
 /// without reading a window first.
 async fn connect_for_add(conf: &NetConf, settings: &Settings) -> Result<Allocator, Error> {
-    let mut endpoints = conf.etcd.endpoints.clone();
-    endpoints.sort();
-    let scope = (&endpoints, &conf.etcd.prefix);
+    let scope = etcd_scope(&conf.etcd);
+    let endpoints = &scope.0;
     let opts = Options {
         pending_ttl: conf.pending_ttl,
         lease_file: Some(node_file(&settings.run_dir, "leases", &endpoints, "json")),
@@ -215,6 +214,13 @@ async fn connect_for_add(conf: &NetConf, settings: &Settings) -> Result<Allocato
         ..Options::default()
     };
     Ok(Allocator::connect(&conf.etcd, opts).await?)
+}
+
+/// What the node's files are per: an etcd cluster (its endpoints, in any order) and a prefix.
+pub(crate) fn etcd_scope(etcd: &EtcdConfig) -> (Vec<String>, String) {
+    let mut endpoints = etcd.endpoints.clone();
+    endpoints.sort();
+    (endpoints, etcd.prefix.clone())
 }
 
 /// `<run_dir>/<dir>/<hash of key>.<ext>`: where the node keeps what its invocations share, one

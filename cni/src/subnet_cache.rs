@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use static_macvlan_allocator::{Allocator, EtcdConfig, LoadedSubnet, StoredSubnet};
 
-use crate::plugin::node_file;
+use crate::plugin::{etcd_scope, node_file};
 
 /// What a file holds: the scope it belongs to (its name is only a hash of it) and the subnet.
 #[derive(Serialize, Deserialize)]
@@ -22,19 +22,13 @@ struct Kept {
     subnet: StoredSubnet,
 }
 
-fn scope(etcd: &EtcdConfig) -> (Vec<String>, String) {
-    let mut endpoints = etcd.endpoints.clone();
-    endpoints.sort();
-    (endpoints, etcd.prefix.clone())
-}
-
 fn path(run_dir: &Path, etcd: &EtcdConfig, name: &str) -> PathBuf {
-    let (endpoints, prefix) = scope(etcd);
+    let (endpoints, prefix) = etcd_scope(etcd);
     node_file(run_dir, "subnets", &(&endpoints, &prefix, name), "json")
 }
 
 fn scope_text(etcd: &EtcdConfig) -> String {
-    format!("{:?}", scope(etcd))
+    format!("{:?}", etcd_scope(etcd))
 }
 
 /// The kept copy of subnet `name`, decoded and validated as a read from etcd would be.

@@ -131,30 +131,34 @@ fn concurrent_wall(s: &dyn Subject, pods: &[Pod]) -> Duration {
     wall
 }
 
+/// `command` for each sequential pod by `a` and by `b`, alternating who goes first; the
+/// latencies of each.
+fn alternate(
+    a: &dyn Subject,
+    b: &dyn Subject,
+    command: &str,
+    pa: &Pods,
+    pb: &Pods,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for (i, (x, y)) in pa.seq.iter().zip(&pb.seq).enumerate() {
+        if i % 2 == 0 {
+            ta.push(run_ok(a, command, x));
+            tb.push(run_ok(b, command, y));
+        } else {
+            tb.push(run_ok(b, command, y));
+            ta.push(run_ok(a, command, x));
+        }
+    }
+    (ta, tb)
+}
+
 /// Both subjects in one interleaved run, so that whatever else the machine does weighs on both
 /// alike: pod i's ADD by one then by the other (alternating who goes first), the DELs likewise,
 /// then the concurrent bursts in the order a, b, b, a (each subject's wall is its mean).
 fn measure(a: &dyn Subject, b: &dyn Subject, pa: &Pods, pb: &Pods) -> (Figures, Figures) {
-    let (mut adds_a, mut adds_b, mut dels_a, mut dels_b) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (i, (x, y)) in pa.seq.iter().zip(&pb.seq).enumerate() {
-        if i % 2 == 0 {
-            adds_a.push(run_ok(a, "ADD", x));
-            adds_b.push(run_ok(b, "ADD", y));
-        } else {
-            adds_b.push(run_ok(b, "ADD", y));
-            adds_a.push(run_ok(a, "ADD", x));
-        }
-    }
-    for (i, (x, y)) in pa.seq.iter().zip(&pb.seq).enumerate() {
-        if i % 2 == 0 {
-            dels_a.push(run_ok(a, "DEL", x));
-            dels_b.push(run_ok(b, "DEL", y));
-        } else {
-            dels_b.push(run_ok(b, "DEL", y));
-            dels_a.push(run_ok(a, "DEL", x));
-        }
-    }
+    let (adds_a, adds_b) = alternate(a, b, "ADD", pa, pb);
+    let (dels_a, dels_b) = alternate(a, b, "DEL", pa, pb);
     let wall_a1 = concurrent_wall(a, &pa.conc);
     let wall_b1 = concurrent_wall(b, &pb.conc);
     let wall_b2 = concurrent_wall(b, &pb.conc);

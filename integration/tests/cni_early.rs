@@ -116,29 +116,19 @@ fn a_changed_subnet_is_not_claimed_against() {
     let p = Pod::new("after");
     let run = c.cni(0, "ADD", &conf, &p, "net1").ok();
     assert!(!claimed_early(&run), "{}", run.stderr);
-    let ip = ip_of(&run.json());
-    let last: u8 = ip
-        .trim_end_matches("/24")
-        .rsplit('.')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((210..=220).contains(&last), "{ip} outside the new range");
+    let res = run.json();
+    assert!(
+        (210..=220).contains(&octet(&res)),
+        "{} outside the new range",
+        ip_of(&res)
+    );
     assert_eq!(c.reservations().len(), 2, "{}", c.dump());
 
     // The ADD kept the new configuration: the next one claims early again, in the new range.
     let q = Pod::new("next");
     let run = c.cni(0, "ADD", &conf, &q, "net1").ok();
     assert!(claimed_early(&run), "{}", run.stderr);
-    let last: u8 = ip_of(&run.json())
-        .trim_end_matches("/24")
-        .rsplit('.')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((210..=220).contains(&last));
+    assert!((210..=220).contains(&octet(&run.json())));
 }
 
 #[test]

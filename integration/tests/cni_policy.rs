@@ -31,19 +31,6 @@ fn no_subnet(c: &Cluster, wait: u64) -> Value {
     conf
 }
 
-/// The last octet of the address of a result.
-fn octet(result: &Value) -> u32 {
-    let addr = result["ips"][0]["address"].as_str().expect("address");
-    addr.split('/')
-        .next()
-        .unwrap()
-        .rsplit('.')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn annotations_from_the_pod_mirror() {
     let c = Cluster::new(1);

@@ -660,6 +660,19 @@ fn port_of(etcd: &EtcdServer) -> u16 {
 }
 
 /// `netconf` with `prevResult` set.
+/// The last octet of the (IPv4) address of an ADD result.
+pub fn octet(result: &Value) -> u32 {
+    let addr = result["ips"][0]["address"].as_str().expect("address");
+    addr.split('/')
+        .next()
+        .unwrap()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 pub fn with_prev(netconf: &Value, prev: &Value) -> Value {
     let mut v = netconf.clone();
     v["prevResult"] = prev.clone();
