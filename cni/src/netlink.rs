@@ -40,7 +40,7 @@ use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, N
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
-use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, LinkVlan, RouteMessageBuilder};
 
 use crate::netns::{write_sysctl, Netns};
@@ -410,6 +410,12 @@ pub fn validate_ifname(name: &str) -> Result<(), NetError> {
 /// A fresh temporary link name: `smv` + 8 random hex digits (11 bytes).
 pub fn temp_link_name() -> String {
     format!("{TEMP_NAME_PREFIX}{:08x}", fastrand::u32(..))
+}
+
+/// Whether `name` is a name of [`temp_link_name`]: `smv` + 8 hex digits.
+pub fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(TEMP_NAME_PREFIX)
+        .is_some_and(|rest| rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The name of the VLAN sub-interface `vlan_id` of `master`: `<master>.<vlan_id>`.
@@ -1659,6 +1665,230 @@ pub async fn teardown_pod_macvlan(pod_ns_path: &Path, ifname: &str) -> Result<bo
     }
 }
 
+/// A blocking rtnetlink socket bound to the namespace it was opened in, for DEL's link removal.
+///
+/// Deleting a link blocks the thread that sends the request inside the kernel until the link
+/// is torn down (an RCU barrier: ~15–25 ms here), so DEL sends it from a thread that has
+/// nothing else to do, and needs no async runtime for it: starting one, or waking a new thread
+/// on an idle CPU, costs more than the few requests that come before the deletion.
+struct BlockingNetlink {
+    socket: rtnetlink::sys::Socket,
+    sequence: u32,
+    buffer: Vec<u8>,
+}
+
+impl BlockingNetlink {
+    /// Opens a socket in `ns` (the thread is back in its own namespace when this returns).
+    fn open_in(ns: &Netns) -> Result<Self, NetError> {
+        let open = || -> io::Result<rtnetlink::sys::Socket> {
+            let mut socket = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
+            socket.bind_auto()?;
+            socket.connect(&rtnetlink::sys::SocketAddr::new(0, 0))?;
+            Ok(socket)
+        };
+        let socket = ns.run(open)?.map_err(|source| NetError::Netlink {
+            op: "open netlink socket".into(),
+            source,
+        })?;
+        Ok(Self {
+            socket,
+            sequence: 0,
+            buffer: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Sends `payload` and collects the answers: the messages of a dump, nothing for an
+    /// acknowledged request; the kernel's error as an `io::Error` with its errno.
+    fn request(
+        &mut self,
+        payload: RouteNetlinkMessage,
+        dump: bool,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        use rtnetlink::packet_core::{
+            NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+        };
+        self.sequence += 1;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        header.sequence_number = self.sequence;
+        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+        message.finalize();
+        let mut out = vec![0; message.buffer_len()];
+        message.serialize(&mut out);
+        self.socket.send(&out, 0)?;
+        let mut answers = Vec::new();
+        loop {
+            self.buffer.clear();
+            let received = self.socket.recv(&mut self.buffer, 0)?;
+            if received > self.buffer.len() {
+                return Err(io::Error::other(format!(
+                    "netlink answer of {received} bytes is larger than the buffer"
+                )));
+            }
+            let mut at = 0;
+            while at < self.buffer.len() {
+                let message =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[at..])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let length = message.header.length as usize;
+                if length == 0 {
+                    break;
+                }
+                at += (length + 3) & !3;
+                if message.header.sequence_number != self.sequence {
+                    continue;
+                }
+                match message.payload {
+                    NetlinkPayload::InnerMessage(m) => answers.push(m),
+                    NetlinkPayload::Done(_) => return Ok(answers),
+                    NetlinkPayload::Error(e) if e.code.is_none() => return Ok(answers),
+                    NetlinkPayload::Error(e) => return Err(e.to_io()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn links(&mut self) -> Result<Vec<Link>, NetError> {
+        let answers = self
+            .request(RouteNetlinkMessage::GetLink(LinkMessage::default()), true)
+            .map_err(|source| NetError::Netlink {
+                op: "list links".into(),
+                source,
+            })?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(Link::from_message(link)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// As [`Netlink::flush_addresses`].
+    fn flush_addresses(&mut self, index: u32) -> Result<(), NetError> {
+        let answers = self
+            .request(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                true,
+            )
+            .map_err(|source| NetError::Netlink {
+                op: format!("list addresses of link #{index}"),
+                source,
+            })?;
+        for answer in answers {
+            let RouteNetlinkMessage::NewAddress(msg) = answer else {
+                continue;
+            };
+            if msg.header.index != index {
+                continue;
+            }
+            let shown = address_of(&msg).map(|a| a.to_string()).unwrap_or_default();
+            match self.request(RouteNetlinkMessage::DelAddress(msg), false) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(EADDRNOTAVAIL) => {}
+                Err(source) => {
+                    return Err(NetError::Netlink {
+                        op: format!("remove address {shown} from link #{index}"),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes link `index`; blocks until the kernel has torn it down.
+    fn delete_link(&mut self, index: u32) -> Result<(), NetError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.request(RouteNetlinkMessage::DelLink(msg), false)
+            .map(|_| ())
+            .map_err(|source| NetError::Netlink {
+                op: format!("delete link #{index}"),
+                source,
+            })
+    }
+}
+
+/// A pod's links on their way out, in two steps for DEL: [`PodLinks::silence`] removes the
+/// addresses of the pod's macvlan (fast: nothing in the namespace answers for them any more
+/// once it returns), [`PodLinks::delete`] deletes the links (slow: it blocks the calling
+/// thread in the kernel, ~15–25 ms here). Between the two, the caller may hand the addresses
+/// out again.
+///
+/// The links are the macvlan `ifname`, and what an ADD killed half-way may have left in the
+/// namespace: a macvlan still under its temporary name ([`is_temp_name`]; always down: ADD
+/// renames a link before it brings it up). A link named `ifname` that is not a macvlan is not
+/// ours and stays.
+pub struct PodLinks {
+    pod: Option<BlockingNetlink>,
+    links: Vec<Link>,
+}
+
+impl PodLinks {
+    /// Finds the pod's links in the namespace at `netns` and removes the addresses of
+    /// `ifname`. A missing namespace or link is fine: there is nothing to delete then.
+    ///
+    /// # Errors
+    /// [`NetError::Netns`] for a namespace that exists but cannot be entered,
+    /// [`NetError::Netlink`]. On error the addresses may still be there.
+    pub fn silence(netns: &Path, ifname: &str) -> Result<Self, NetError> {
+        let ns = match Netns::open(netns) {
+            Ok(ns) => ns,
+            Err(NetError::Netns { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    pod: None,
+                    links: Vec::new(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let mut pod = BlockingNetlink::open_in(&ns)?;
+        let mut links: Vec<Link> = pod
+            .links()?
+            .into_iter()
+            .filter(|link| {
+                link.is_kind("macvlan")
+                    && (link.name == ifname || (is_temp_name(&link.name) && !link.up))
+            })
+            .collect();
+        // The pod's own link first: its deletion is the one DEL is waited for.
+        links.sort_by_key(|link| link.name != ifname);
+        if let Some(link) = links.iter().find(|l| l.name == ifname) {
+            match pod.flush_addresses(link.index) {
+                Ok(()) => {}
+                Err(e) if e.errno() == Some(ENODEV) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Self {
+            pod: Some(pod),
+            links,
+        })
+    }
+
+    /// Deletes the links, blocking until the kernel has torn each down. A link gone meanwhile
+    /// is fine.
+    ///
+    /// # Errors
+    /// [`NetError::Netlink`].
+    pub fn delete(self) -> Result<(), NetError> {
+        let Some(mut pod) = self.pod else {
+            return Ok(());
+        };
+        for link in self.links {
+            match pod.delete_link(link.index) {
+                Ok(()) => tracing::debug!(link = %link.name, "deleted pod link"),
+                // Gone meanwhile (another DEL, or the namespace is being torn down).
+                Err(e) if e.errno() == Some(ENODEV) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An exclusive node-local lock named after a link (`<dir>/<link>.lock`, `flock(2)`), released
 /// on drop or when the process dies. Plugin invocations run as separate processes, so this is
 /// what serialises "make sure the VLAN exists … macvlan up" against "delete the VLAN if unused"
@@ -1709,6 +1939,14 @@ mod tests {
         let mut buf = vec![0u8; msg.buffer_len()];
         msg.emit(&mut buf);
         LinkMessage::parse(&buf[..]).expect("kernel-format message parses")
+    }
+
+    #[test]
+    fn temp_names() {
+        assert!(is_temp_name(&temp_link_name()));
+        assert!(!is_temp_name("smv-eth0"));
+        assert!(!is_temp_name("smv1234567"));
+        assert!(!is_temp_name("net1"));
     }
 
     #[test]

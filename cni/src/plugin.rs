@@ -1165,60 +1165,63 @@ async fn finish_link(
 
 async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(), Error> {
     let owner = rt.owner(&conf.node, &conf.name)?;
-    // The pod's addresses must be gone from the LAN before they can be handed out again, and
-    // deleting a link blocks the calling thread in the kernel for ~20 ms (an RCU grace period).
-    // So a thread of its own first removes the addresses from the pod's link (fast) and says so,
-    // then deletes the links; meanwhile this one reads from etcd, and releases as soon as the
-    // addresses are gone, while the kernel is still deleting. An address that cannot be removed
-    // fails DEL with nothing released, and the runtime retries; a link that cannot be deleted
-    // fails DEL too (its addresses are gone by then), and the retry deletes it.
-    let links = rt.netns.clone().map(|ns| {
-        let ifname = rt.ifname.clone();
-        let (silenced_tx, silenced_rx) = tokio::sync::oneshot::channel();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
+    let Some(netns) = &rt.netns else {
+        return release_attachment(conf, &owner, settings).await;
+    };
+    // The pod's addresses must be gone from the LAN before they are handed out again, and
+    // deleting a link blocks the thread that asks for it in the kernel for ~20 ms (an RCU
+    // barrier). So this thread first removes the addresses (fast), then starts a thread that
+    // reads from etcd and releases, and deletes the links meanwhile. The links come first
+    // because DEL waits for their deletion to end, and a new thread takes a while to run here
+    // (~0.4 ms to wake an idle CPU) and competes for the CPUs with what comes before the
+    // deletion; the release has the whole deletion to finish in.
+    //
+    // An address that cannot be removed fails DEL with nothing released, and the runtime
+    // retries; a link that cannot be deleted fails DEL too (its addresses are gone by then),
+    // and the retry deletes it.
+    let links = netlink::PodLinks::silence(netns, &rt.ifname)?;
+    let (deleted, released) = std::thread::scope(|scope| {
+        let etcd = scope.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|source| Error::Io {
-                    op: "start runtime for link removal".into(),
+                    op: "start runtime for the release".into(),
                     source,
-                })
-                .and_then(|rt| rt.block_on(remove_pod_links(&ns, &ifname, silenced_tx)));
-            let _ = done_tx.send(result);
+                })?
+                .block_on(release_attachment(conf, &owner, settings))
         });
-        (silenced_rx, done_rx)
+        let deleted = links.delete();
+        let released = etcd.join().unwrap_or_else(|_| {
+            Err(Error::Io {
+                op: "release the attachment".into(),
+                source: io::Error::other("the release thread panicked"),
+            })
+        });
+        (deleted, released)
     });
-    let link_thread_gone = || Error::Io {
-        op: "remove pod links".into(),
-        source: io::Error::other("link removal thread ended without an answer"),
-    };
-    let reads = async {
-        let alloc = connect(conf).await?;
-        // Without a subnet in the netconf (rules or the vlan annotation chose it), the record
-        // names it.
-        let (held, subnet) = tokio::join!(alloc.attachment(&owner.pod_uid, &owner.ifname), async {
-            match &conf.subnet {
-                Some(s) => alloc.get_subnet(s).await.ok(),
-                None => None,
-            }
-        });
-        Ok::<_, Error>((alloc, held?, subnet))
-    }
-    .await;
-    let deleting = match links {
-        None => None,
-        Some((silenced, done)) => match silenced.await {
-            Ok(()) => Some(done),
-            // Nothing to silence, or it failed: the thread's outcome says which.
-            Err(_) => {
-                done.await.unwrap_or_else(|_| Err(link_thread_gone()))?;
-                None
-            }
-        },
-    };
-    let (alloc, held, subnet) = reads?;
-    let released = match held {
+    released?;
+    deleted?;
+    Ok(())
+}
+
+/// DEL's part in etcd: releases `owner`'s attachment if it still holds it (a stale owner frees
+/// nothing), then cleans up on the host.
+async fn release_attachment(
+    conf: &NetConf,
+    owner: &Owner,
+    settings: &Settings,
+) -> Result<(), Error> {
+    let alloc = connect(conf).await?;
+    // Without a subnet in the netconf (rules or the vlan annotation chose it), the record names
+    // it.
+    let (held, subnet) = tokio::join!(alloc.attachment(&owner.pod_uid, &owner.ifname), async {
+        match &conf.subnet {
+            Some(s) => alloc.get_subnet(s).await.ok(),
+            None => None,
+        }
+    });
+    let released = match held? {
         None => Released::NotHeld,
         Some(h) if h.record.owner.container_id != owner.container_id => Released::Stale(h.record),
         Some(h) => {
@@ -1226,7 +1229,7 @@ async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(),
                 Released::Freed(h.record)
             } else {
                 // Changed since read (a concurrent ADD of the same pod): decide afresh.
-                alloc.release(&owner).await?
+                alloc.release(owner).await?
             }
         }
     };
@@ -1248,63 +1251,6 @@ async fn del(conf: &NetConf, rt: &RuntimeEnv, settings: &Settings) -> Result<(),
     };
     if let Some(subnet) = subnet {
         host_cleanup(conf, &subnet, freed_ip, settings).await;
-    }
-    if let Some(done) = deleting {
-        done.await.unwrap_or_else(|_| Err(link_thread_gone()))?;
-    }
-    Ok(())
-}
-
-/// Whether `name` is a temporary name of [`netlink::temp_link_name`]: `smv` + 8 hex digits.
-fn is_temp_name(name: &str) -> bool {
-    name.strip_prefix(netlink::TEMP_NAME_PREFIX)
-        .is_some_and(|rest| rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// Deletes the pod's macvlan `ifname` and what an ADD killed half-way may have left: a macvlan
-/// still under its temporary name (always down: ADD renames before it brings a link up). A
-/// missing namespace or link is fine; a link of that name that is not a macvlan is not ours.
-///
-/// Sends on `silenced` once the pod link has no address left, before the slow deletions; drops it
-/// unsent when there is nothing to silence or on an error (the result says which).
-async fn remove_pod_links(
-    netns: &Path,
-    ifname: &str,
-    silenced: tokio::sync::oneshot::Sender<()>,
-) -> Result<(), Error> {
-    let ns = match Netns::open(netns) {
-        Ok(ns) => ns,
-        Err(NetError::Netns { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return Ok(())
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let pod = Netlink::open_in(&ns)?;
-    let ours: Vec<_> = pod
-        .links()
-        .await?
-        .into_iter()
-        .filter(|link| {
-            link.kind.as_deref() == Some("macvlan")
-                && (link.name == ifname || (is_temp_name(&link.name) && !link.up))
-        })
-        .collect();
-    // A link under its temporary name never got an address (ADD renames first).
-    if let Some(link) = ours.iter().find(|l| l.name == ifname) {
-        match pod.flush_addresses(link.index).await {
-            Ok(()) => {}
-            Err(e) if e.errno() == Some(nix::libc::ENODEV) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let _ = silenced.send(());
-    for link in ours {
-        match pod.delete_link(link.index).await {
-            Ok(()) => tracing::debug!(link = %link.name, "deleted pod link"),
-            // Gone meanwhile (another DEL, or the namespace is being torn down).
-            Err(e) if e.errno() == Some(nix::libc::ENODEV) => {}
-            Err(e) => return Err(e.into()),
-        }
     }
     Ok(())
 }
@@ -1694,13 +1640,5 @@ mod tests {
         assert_eq!(j["ips"][0]["address"], "10.1.0.9/24");
         assert_eq!(j["interfaces"][0]["mac"], "02:00:00:00:00:09");
         assert_eq!(j["routes"][1]["dst"], "192.168.0.0/16");
-    }
-
-    #[test]
-    fn temp_names() {
-        assert!(is_temp_name(&netlink::temp_link_name()));
-        assert!(!is_temp_name("smv-eth0"));
-        assert!(!is_temp_name("smv1234567"));
-        assert!(!is_temp_name("net1"));
     }
 }
