@@ -1,11 +1,11 @@
 //! Benchmark (one run, prints a table): ADD and DEL latency of 200 sequential pods, and the wall
 //! time of 100 pods at concurrency 16, for `static-macvlan` and for the reference `macvlan` +
 //! `host-local`, on the same topology, interleaved pod by pod so that drift in the machine's load
-//! weighs on both alike; and the peak RSS of one plugin invocation.
+//! weighs on both alike, each sequential invocation after a random pause (see [`MAX_PAUSE`]);
+//! and the peak RSS of one plugin invocation.
 //!
-//! Ignored by default; run it on a release build:
-//! `cargo build --release -p static-macvlan-cni &&
-//!  cargo test --release -p static-macvlan-integration --test cni_bench -- --ignored --nocapture`
+//! Ignored by default; `scripts/bench-plugin.sh cni_bench` builds the plugin as it ships and runs
+//! it.
 
 mod cni_common;
 
@@ -131,8 +131,18 @@ fn concurrent_wall(s: &dyn Subject, pods: &[Pod]) -> Duration {
     wall
 }
 
-/// `command` for each sequential pod by `a` and by `b`, alternating who goes first; the
-/// latencies of each.
+/// The longest pause before each sequential invocation; each pause is uniform from zero.
+///
+/// Deleting a link ends on a kernel tick (an RCU barrier; 4 ms apart at HZ=250), so an
+/// invocation started right as the previous one exits starts at the same phase of the tick
+/// every time. A whole run then measures one phase, and its DEL p50 jumps by a tick from run to
+/// run, for either plugin (seen here: 19.9 or 23.6 ms for the same binary). A runtime's DELs
+/// arrive at any phase; a random pause of up to 10 ms (a tick at HZ=100 or more) makes each
+/// sample draw its own, as they do.
+const MAX_PAUSE: Duration = Duration::from_millis(10);
+
+/// `command` for each sequential pod by `a` and by `b`, alternating who goes first, each after
+/// a random pause (see [`MAX_PAUSE`]); the latencies of each.
 fn alternate(
     a: &dyn Subject,
     b: &dyn Subject,
@@ -141,12 +151,16 @@ fn alternate(
     pb: &Pods,
 ) -> (Vec<Duration>, Vec<Duration>) {
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    let pause = || thread::sleep(MAX_PAUSE.mul_f64(fastrand::f64()));
     for (i, (x, y)) in pa.seq.iter().zip(&pb.seq).enumerate() {
+        pause();
         if i % 2 == 0 {
             ta.push(run_ok(a, command, x));
+            pause();
             tb.push(run_ok(b, command, y));
         } else {
             tb.push(run_ok(b, command, y));
+            pause();
             ta.push(run_ok(a, command, x));
         }
     }
