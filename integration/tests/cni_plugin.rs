@@ -252,6 +252,63 @@ fn del_is_idempotent_and_survives_a_missing_netns() {
 }
 
 #[test]
+fn del_removes_what_a_killed_add_left_and_only_that() {
+    let c = Cluster::new(1);
+    c.put_subnet("lan", |_| {});
+    let conf = c.netconf("lan", "1.1.0");
+    let node = &c.lan.node(0);
+    let ip = |args: &[&str]| static_macvlan_testkit::netns::run("ip", args).unwrap();
+    // In the pod: its attachment, a macvlan under a temporary name (down, as a killed ADD leaves
+    // it), and one that looks temporary but is up, which ADD never leaves behind.
+    let p = Pod::new("leftover");
+    c.cni(0, "ADD", &conf, &p, "net1").ok();
+    for name in ["smv0123abcd", "smv89abcdef"] {
+        ip(&[
+            "-n",
+            node.ns.name(),
+            "link",
+            "add",
+            name,
+            "link",
+            &node.nic,
+            "type",
+            "macvlan",
+        ]);
+        ip(&[
+            "-n",
+            node.ns.name(),
+            "link",
+            "set",
+            name,
+            "netns",
+            p.ns.name(),
+        ]);
+    }
+    ip(&["-n", p.ns.name(), "link", "set", "smv89abcdef", "up"]);
+
+    c.cni(0, "DEL", &conf, &p, "net1").ok();
+    assert_eq!(p.ns.link_names().unwrap(), ["lo", "smv89abcdef"]);
+    assert!(c.reservations().is_empty(), "{}", c.dump());
+
+    // A link named after the attachment that is not a macvlan is not ours: DEL leaves it.
+    let q = Pod::new("foreign");
+    ip(&[
+        "-n",
+        q.ns.name(),
+        "link",
+        "add",
+        "net1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer1",
+    ]);
+    c.cni(0, "DEL", &conf, &q, "net1").ok();
+    assert!(q.ns.has_link("net1").unwrap());
+}
+
+#[test]
 fn stale_del_frees_nothing() {
     let c = Cluster::new(1);
     c.put_subnet("lan", |_| {});
