@@ -1136,6 +1136,12 @@ impl Netlink {
         // the shim's MAC for the node — ARP flux — and lose the node when the shim goes away.
         // arp_filter answers only where the reply would be routed out: the shim's own pods.
         self.write_sysctl(&format!("net/ipv4/conf/{shim_name}/arp_filter"), "1")?;
+        // The shim's IPv6 link-local address is the source of IPv6 host routes: usable at once
+        // without duplicate address detection (its MAC is random, and only our pods see it).
+        match self.write_sysctl(&format!("net/ipv6/conf/{shim_name}/accept_dad"), "0") {
+            Err(NetError::Sysctl { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            other => other?,
+        }
         if !shim.up {
             self.set_up(shim.index).await?;
         }
@@ -1162,14 +1168,41 @@ impl Netlink {
     /// Routes `pod_ip` (as a /32 or /128) into the shim. Replaces an existing route to the same
     /// destination, so a repeated ADD is harmless.
     ///
+    /// An IPv6 route takes the shim's link-local address as its source. The node's other IPv6
+    /// addresses live on the LAN side: a pod answering one of them would send its reply out on
+    /// the LAN, where macvlan never hands frames to the parent's host, and the shim does not
+    /// answer neighbour solicitations for them (unlike ARP, IPv6 answers only for an address of
+    /// the link asked). IPv4 needs no source: the shim answers ARP for the node's address.
+    ///
     /// # Errors
-    /// [`NetError::LinkNotFound`] for a missing shim, [`NetError::Netlink`].
+    /// [`NetError::LinkNotFound`] for a missing shim, [`NetError::Netlink`] (also for an IPv6
+    /// route when the shim has no link-local address: IPv6 is disabled on it).
     pub async fn add_host_route(&self, pod_ip: IpAddr, shim_name: &str) -> Result<(), NetError> {
         let shim = self.link_by_name(shim_name).await?;
         let route = Route::on_link(host_prefix(pod_ip));
+        let mut msg = route.message(shim.index);
+        if pod_ip.is_ipv6() {
+            let link_local = self
+                .addresses(shim.index)
+                .await?
+                .into_iter()
+                .find_map(|a| match a.ip() {
+                    IpAddr::V6(ip) if ip.is_unicast_link_local() => Some(ip),
+                    _ => None,
+                })
+                .ok_or_else(|| NetError::Netlink {
+                    op: format!("find the ipv6 link-local address of {shim_name}"),
+                    source: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "it has none: is ipv6 disabled on it?",
+                    ),
+                })?;
+            msg.attributes
+                .push(RouteAttribute::PrefSource(RouteAddress::Inet6(link_local)));
+        }
         self.handle
             .route()
-            .add(route.message(shim.index))
+            .add(msg)
             .replace()
             .execute()
             .await

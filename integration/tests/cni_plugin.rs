@@ -798,6 +798,48 @@ fn host_reaches_pods_through_the_shim() {
     );
 }
 
+/// IPv6 through the shim. The node has a global address of its own on the LAN, as nodes do: a
+/// reply to it from the pod would go out on the LAN, where macvlan never hands frames to the
+/// parent's host, so the node must reach its pods from an address the shim answers for.
+#[test]
+fn host_reaches_ipv6_pods_through_the_shim() {
+    let c = Cluster::new(1);
+    c.put_subnet("shim6", |s| {
+        s.host_shim = true;
+        s.cidr = "fd00:230::/64".into();
+        s.gateway = Some("fd00:230::1".into());
+        s.ranges = vec![static_macvlan_allocator::RangeConfig {
+            start: "fd00:230::100".into(),
+            end: "fd00:230::1ff".into(),
+        }];
+    });
+    let conf = c.netconf("shim6", "1.1.0");
+    let node = &c.lan.node(0).ns;
+    node.ip(&["addr", "add", "fd00:230::fa/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    let p = Pod::new("probe6");
+    let r = c.cni(0, "ADD", &conf, &p, "net1").ok().json();
+    let ip = r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        node.ping(&ip),
+        "the node cannot reach its pod {ip} through the shim: {}",
+        node.ip(&["-6", "route", "show", "dev", "smv-eth0"])
+            .unwrap()
+    );
+    c.cni(0, "DEL", &conf, &p, "net1").ok();
+    assert!(
+        !node.has_link("smv-eth0").unwrap(),
+        "unused shim left behind"
+    );
+    assert!(c.reservations().is_empty(), "{}", c.dump());
+}
+
 /// This kernel may lack 802.1q. On such a kernel ADD on a tagged subnet must fail cleanly with
 /// code 109 and leave nothing; on a kernel with 802.1q the attachment must work, and the VLAN
 /// link must go with its last macvlan. `vlan_attachment_works` (ignored by default) insists.
