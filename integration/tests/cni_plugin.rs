@@ -756,13 +756,7 @@ fn host_reaches_pods_through_the_shim() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let p = Pod::new("probe");
     let r = c.cni(0, "ADD", &conf, &p, "net1").ok().json();
-    let ip = r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip = first_ip(&r);
     assert!(node.has_link("smv-eth0").unwrap(), "no shim");
     assert!(
         node.ping(&ip),
@@ -819,13 +813,7 @@ fn host_reaches_ipv6_pods_through_the_shim() {
         .unwrap();
     let p = Pod::new("probe6");
     let r = c.cni(0, "ADD", &conf, &p, "net1").ok().json();
-    let ip = r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip = first_ip(&r);
     assert!(
         node.ping(&ip),
         "the node cannot reach its pod {ip} through the shim: {}",
@@ -886,13 +874,7 @@ fn vlan_attachment_works() {
         ra.stdout
     );
     let rb = c.cni(1, "ADD", &conf, &b, "net1").ok().json();
-    let ip_b = rb["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip_b = first_ip(&rb);
     assert!(a.ns.ping(&ip_b));
     // A VLAN link that was there before is never deleted.
     c.cni(0, "DEL", &conf, &a, "net1").ok();
@@ -920,13 +902,7 @@ fn ipv6_subnet_across_nodes() {
     conf_b["runtimeConfig"] = json!({"ips": ["10.230.0.9/24", "fd00:230::abc/64"]});
     let rb = c.cni(1, "ADD", &conf_b, &b, "net1").ok().json();
     assert_eq!(rb["ips"][0]["address"], "fd00:230::abc/64");
-    let ip_a = ra["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip_a = first_ip(&ra);
     assert!(b.ns.ping(&ip_a), "pod b cannot reach pod a over IPv6");
     c.cni(0, "CHECK", &with_prev(&conf, &ra), &a, "net1").ok();
     c.cni(0, "DEL", &conf, &a, "net1").ok();

@@ -659,13 +659,15 @@ fn port_of(etcd: &EtcdServer) -> u16 {
         .expect("etcd port")
 }
 
-/// `netconf` with `prevResult` set.
+/// The first address of an ADD result, without its prefix length.
+pub fn first_ip(result: &Value) -> String {
+    let addr = result["ips"][0]["address"].as_str().expect("address");
+    addr.split('/').next().unwrap().to_string()
+}
+
 /// The last octet of the (IPv4) address of an ADD result.
 pub fn octet(result: &Value) -> u32 {
-    let addr = result["ips"][0]["address"].as_str().expect("address");
-    addr.split('/')
-        .next()
-        .unwrap()
+    first_ip(result)
         .rsplit('.')
         .next()
         .unwrap()
@@ -673,6 +675,7 @@ pub fn octet(result: &Value) -> u32 {
         .unwrap()
 }
 
+/// `netconf` with `prevResult` set.
 pub fn with_prev(netconf: &Value, prev: &Value) -> Value {
     let mut v = netconf.clone();
     v["prevResult"] = prev.clone();
