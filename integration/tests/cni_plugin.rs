@@ -792,6 +792,16 @@ fn host_reaches_pods_through_the_shim() {
     );
 }
 
+/// The test LAN's IPv6 subnet: fd00:230::/64, gateway ::1, addresses ::100 to ::1ff.
+fn ipv6_lan(s: &mut static_macvlan_allocator::SubnetConfig) {
+    s.cidr = "fd00:230::/64".into();
+    s.gateway = Some("fd00:230::1".into());
+    s.ranges = vec![static_macvlan_allocator::RangeConfig {
+        start: "fd00:230::100".into(),
+        end: "fd00:230::1ff".into(),
+    }];
+}
+
 /// IPv6 through the shim. The node has a global address of its own on the LAN, as nodes do: a
 /// reply to it from the pod would go out on the LAN, where macvlan never hands frames to the
 /// parent's host, so the node must reach its pods from an address the shim answers for.
@@ -799,13 +809,8 @@ fn host_reaches_pods_through_the_shim() {
 fn host_reaches_ipv6_pods_through_the_shim() {
     let c = Cluster::new(1);
     c.put_subnet("shim6", |s| {
+        ipv6_lan(s);
         s.host_shim = true;
-        s.cidr = "fd00:230::/64".into();
-        s.gateway = Some("fd00:230::1".into());
-        s.ranges = vec![static_macvlan_allocator::RangeConfig {
-            start: "fd00:230::100".into(),
-            end: "fd00:230::1ff".into(),
-        }];
     });
     let conf = c.netconf("shim6", "1.1.0");
     let node = &c.lan.node(0).ns;
@@ -884,14 +889,7 @@ fn vlan_attachment_works() {
 #[test]
 fn ipv6_subnet_across_nodes() {
     let c = Cluster::new(2);
-    c.put_subnet("lan6", |s| {
-        s.cidr = "fd00:230::/64".into();
-        s.gateway = Some("fd00:230::1".into());
-        s.ranges = vec![static_macvlan_allocator::RangeConfig {
-            start: "fd00:230::100".into(),
-            end: "fd00:230::1ff".into(),
-        }];
-    });
+    c.put_subnet("lan6", ipv6_lan);
     let conf = c.netconf("lan6", "0.4.0");
     let a = Pod::new("v6a");
     let b = Pod::new("v6b");
