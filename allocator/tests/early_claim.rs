@@ -78,16 +78,26 @@ async fn an_early_claim_is_a_reservation_or_nothing() {
     assert_eq!(f.etcd.revision().await.unwrap(), before);
 
     // The subnet rewritten since the copy was kept (even with equal content): no claim
-    // against the old copy, also for a free static address.
+    // against the old copy, also for a free static address (the two automatic ones above are
+    // random).
+    let held: Vec<String> = f
+        .alloc
+        .all()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.record.ip.to_string())
+        .collect();
+    let free: std::net::IpAddr = (150..=200)
+        .map(|i| format!("10.233.0.{i}"))
+        .find(|ip| !held.contains(ip))
+        .unwrap()
+        .parse()
+        .unwrap();
     put_subnet(&f.alloc, "lan", spec).await;
     let before = f.etcd.revision().await.unwrap();
     let stale = b
-        .claim_early(
-            &kept,
-            &owner(4),
-            IpRequest::Static("10.233.0.150".parse().unwrap()),
-            &MacRequest::None,
-        )
+        .claim_early(&kept, &owner(4), IpRequest::Static(free), &MacRequest::None)
         .await
         .unwrap();
     assert!(stale.is_none());
@@ -101,12 +111,12 @@ async fn an_early_claim_is_a_reservation_or_nothing() {
         .claim_early(
             &fresh,
             &owner(4),
-            IpRequest::Static("10.233.0.150".parse().unwrap()),
+            IpRequest::Static(free),
             &MacRequest::None,
         )
         .await
         .unwrap()
         .expect("claimed");
-    assert_eq!(claimed.record.ip.to_string(), "10.233.0.150");
+    assert_eq!(claimed.record.ip, free);
     assert_eq!(f.alloc.all().await.unwrap().len(), 3);
 }
