@@ -53,13 +53,14 @@ fn add_auto_and_static_then_ping_across_nodes() {
     assert_eq!(a.addresses("net1"), vec![addr_a.clone()]);
     assert_eq!(a.mac("net1"), ra["interfaces"][0]["mac"].as_str().unwrap());
 
+    // Static, outside the automatic range (.10–.200), so pod a cannot hold it already.
     let b = Pod::new("static");
     let mut conf_b = conf.clone();
-    conf_b["runtimeConfig"] = json!({"ips": ["10.230.0.77/24"], "mac": "02:aa:bb:cc:dd:01"});
+    conf_b["runtimeConfig"] = json!({"ips": ["10.230.0.207/24"], "mac": "02:aa:bb:cc:dd:01"});
     let rb = c.cni(1, "ADD", &conf_b, &b, "net1").ok().json();
-    assert_eq!(rb["ips"][0]["address"], "10.230.0.77/24");
+    assert_eq!(rb["ips"][0]["address"], "10.230.0.207/24");
     assert_eq!(rb["interfaces"][0]["mac"], "02:aa:bb:cc:dd:01");
-    assert_eq!(b.addresses("net1"), vec!["10.230.0.77/24"]);
+    assert_eq!(b.addresses("net1"), vec!["10.230.0.207/24"]);
     assert_eq!(b.mac("net1"), "02:aa:bb:cc:dd:01");
 
     let res = c.reservation(&b, "net1").expect("reservation of b");
@@ -69,7 +70,7 @@ fn add_auto_and_static_then_ping_across_nodes() {
 
     let ip_a = addr_a.split('/').next().unwrap();
     assert!(
-        a.ns.ping("10.230.0.77"),
+        a.ns.ping("10.230.0.207"),
         "pod a (node 0) cannot reach pod b (node 1)"
     );
     assert!(

@@ -61,13 +61,14 @@ fn annotations_from_the_pod_mirror() {
     let r = c.cni(0, "ADD", &conf, &p, "net1").ok().json();
     assert!((10..=200).contains(&octet(&r)) && octet(&r) != 61, "{r}");
 
-    // runtimeConfig beats the annotation.
+    // runtimeConfig beats the annotation (an address outside the automatic range, which the
+    // pod above cannot hold).
     let p = Pod::new("both");
     c.put_pod_mirror(&p, &p.uid, &[], &[("static-ip", "10.230.0.63")]);
     let mut conf_rc = conf.clone();
-    conf_rc["runtimeConfig"] = json!({"ips": ["10.230.0.64/24"]});
+    conf_rc["runtimeConfig"] = json!({"ips": ["10.230.0.204/24"]});
     let r = c.cni(0, "ADD", &conf_rc, &p, "net1").ok().json();
-    assert_eq!(r["ips"][0]["address"], "10.230.0.64/24");
+    assert_eq!(r["ips"][0]["address"], "10.230.0.204/24");
 
     // A vlan annotation naming another subnet: the annotations are for another network.
     let p = Pod::new("other-net");
