@@ -1168,11 +1168,12 @@ impl Netlink {
     /// Routes `pod_ip` (as a /32 or /128) into the shim. Replaces an existing route to the same
     /// destination, so a repeated ADD is harmless.
     ///
-    /// An IPv6 route takes the shim's link-local address as its source. The node's other IPv6
-    /// addresses live on the LAN side: a pod answering one of them would send its reply out on
-    /// the LAN, where macvlan never hands frames to the parent's host, and the shim does not
-    /// answer neighbour solicitations for them (unlike ARP, IPv6 answers only for an address of
-    /// the link asked). IPv4 needs no source: the shim answers ARP for the node's address.
+    /// An IPv6 route takes an address of the shim as its source: one given to it, else its
+    /// link-local one. The node's other IPv6 addresses live on the LAN side: a pod answering
+    /// one of them would send its reply out on the LAN, where macvlan never hands frames to the
+    /// parent's host, and the shim does not answer neighbour solicitations for them (unlike
+    /// ARP, IPv6 answers only for an address of the link asked). IPv4 needs no source: the
+    /// shim answers ARP for the node's address.
     ///
     /// # Errors
     /// [`NetError::LinkNotFound`] for a missing shim, [`NetError::Netlink`] (also for an IPv6
@@ -1182,14 +1183,21 @@ impl Netlink {
         let route = Route::on_link(host_prefix(pod_ip));
         let mut msg = route.message(shim.index);
         if pod_ip.is_ipv6() {
-            let link_local = self
+            let own: Vec<Ipv6Addr> = self
                 .addresses(shim.index)
                 .await?
                 .into_iter()
-                .find_map(|a| match a.ip() {
-                    IpAddr::V6(ip) if ip.is_unicast_link_local() => Some(ip),
-                    _ => None,
+                .filter_map(|a| match a.ip() {
+                    IpAddr::V6(ip) => Some(ip),
+                    IpAddr::V4(_) => None,
                 })
+                .collect();
+            // An address given to the shim (`ensure_host_shim`) first, else its link-local one.
+            let source = own
+                .iter()
+                .find(|ip| !ip.is_unicast_link_local())
+                .or_else(|| own.iter().find(|ip| ip.is_unicast_link_local()))
+                .copied()
                 .ok_or_else(|| NetError::Netlink {
                     op: format!("find the ipv6 link-local address of {shim_name}"),
                     source: io::Error::new(
@@ -1198,7 +1206,7 @@ impl Netlink {
                     ),
                 })?;
             msg.attributes
-                .push(RouteAttribute::PrefSource(RouteAddress::Inet6(link_local)));
+                .push(RouteAttribute::PrefSource(RouteAddress::Inet6(source)));
         }
         self.handle
             .route()
