@@ -80,19 +80,10 @@ async fn an_early_claim_is_a_reservation_or_nothing() {
     // The subnet rewritten since the copy was kept (even with equal content): no claim
     // against the old copy, also for a free static address (the two automatic ones above are
     // random).
-    let held: Vec<String> = f
-        .alloc
-        .all()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.record.ip.to_string())
-        .collect();
-    let free: std::net::IpAddr = (150..=200)
-        .map(|i| format!("10.233.0.{i}"))
+    let held = held_ips(&f.alloc).await;
+    let free = (150..=200)
+        .map(|i| format!("10.233.0.{i}").parse().unwrap())
         .find(|ip| !held.contains(ip))
-        .unwrap()
-        .parse()
         .unwrap();
     put_subnet(&f.alloc, "lan", spec).await;
     let before = f.etcd.revision().await.unwrap();

@@ -286,14 +286,7 @@ async fn usage_counts_without_listing() {
     }
     let u = f.alloc.usage(&lan).await.unwrap();
     assert_eq!((u.used, u.capacity, u.free), (5, 20, 15));
-    let ips: HashSet<IpAddr> = f
-        .alloc
-        .all()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.record.ip)
-        .collect();
+    let ips: HashSet<IpAddr> = held_ips(&f.alloc).await.into_iter().collect();
     assert_eq!(ips.len(), 5);
     assert!(ips.iter().all(|a| lan
         .pool()

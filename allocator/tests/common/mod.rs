@@ -1,6 +1,7 @@
 //! Shared set-up for the allocator's tests against a real etcd.
 #![allow(dead_code)]
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use static_macvlan_allocator::{
@@ -64,6 +65,17 @@ pub async fn put_subnet(alloc: &Allocator, name: &str, spec: SubnetConfig) -> Su
         })
         .await
         .expect("put subnet")
+}
+
+/// The IP of every reservation under the prefix.
+pub async fn held_ips(alloc: &Allocator) -> Vec<IpAddr> {
+    alloc
+        .all()
+        .await
+        .expect("read all reservations")
+        .into_iter()
+        .map(|r| r.record.ip)
+        .collect()
 }
 
 pub async fn put_pool(alloc: &Allocator, name: &str, start: &str, end: &str) -> MacPool {
