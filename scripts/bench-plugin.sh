@@ -12,14 +12,15 @@ cd "$(dirname "$0")/.."
 
 target="$(uname -m)-unknown-linux-musl"
 dir="${CARGO_TARGET_DIR:-target}"
+[[ "$dir" == /* ]] || dir="$PWD/$dir"
 if rustup target list --installed 2>/dev/null | grep -qx "$target" && command -v musl-gcc >/dev/null; then
   cargo build --release --target "$target" -p static-macvlan-cni
-  plugin="$PWD/$dir/$target/release/static-macvlan"
+  plugin="$dir/$target/release/static-macvlan"
 else
   echo "bench-plugin: no $target target (or musl-gcc): measuring the glibc build, which is" \
        "not what ships" >&2
   cargo build --release -p static-macvlan-cni
-  plugin="$PWD/$dir/release/static-macvlan"
+  plugin="$dir/release/static-macvlan"
 fi
 export STATIC_MACVLAN_PLUGIN="$plugin"
 echo "plugin: $plugin"

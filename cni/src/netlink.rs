@@ -743,29 +743,6 @@ impl Netlink {
             .map_err(|e| netlink_error(format!("list addresses of link #{index}"), e))
     }
 
-    /// Removes every address of link `index`; an address gone meanwhile is fine. Unlike
-    /// taking the link down or deleting it, this does not wait for the kernel's RCU grace
-    /// period: once it returns, nothing in the namespace answers for those addresses.
-    ///
-    /// # Errors
-    /// [`NetError::Netlink`].
-    pub async fn flush_addresses(&self, index: u32) -> Result<(), NetError> {
-        for msg in self.address_messages(index).await? {
-            let shown = address_of(&msg).map(|a| a.to_string()).unwrap_or_default();
-            match self.handle.address().del(msg).execute().await {
-                Ok(()) => {}
-                Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => {}
-                Err(e) => {
-                    return Err(netlink_error(
-                        format!("remove address {shown} from link #{index}"),
-                        e,
-                    ))
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// The addresses of link `index` (IPv6 link-local ones included), with prefix lengths.
     ///
     /// # Errors
@@ -1183,7 +1160,7 @@ impl Netlink {
         let route = Route::on_link(host_prefix(pod_ip));
         let mut msg = route.message(shim.index);
         if pod_ip.is_ipv6() {
-            let own: Vec<Ipv6Addr> = self
+            let source = self
                 .addresses(shim.index)
                 .await?
                 .into_iter()
@@ -1191,13 +1168,8 @@ impl Netlink {
                     IpAddr::V6(ip) => Some(ip),
                     IpAddr::V4(_) => None,
                 })
-                .collect();
-            // An address given to the shim (`ensure_host_shim`) first, else its link-local one.
-            let source = own
-                .iter()
-                .find(|ip| !ip.is_unicast_link_local())
-                .or_else(|| own.iter().find(|ip| ip.is_unicast_link_local()))
-                .copied()
+                // An address given to the shim (`ensure_host_shim`) before its link-local one.
+                .min_by_key(Ipv6Addr::is_unicast_link_local)
                 .ok_or_else(|| NetError::Netlink {
                     op: format!("find the ipv6 link-local address of {shim_name}"),
                     source: io::Error::new(
@@ -1806,7 +1778,9 @@ impl BlockingNetlink {
             .collect())
     }
 
-    /// As [`Netlink::flush_addresses`].
+    /// Removes every address of link `index`; an address gone meanwhile is fine. Unlike
+    /// taking the link down or deleting it, this does not wait for the kernel's RCU grace
+    /// period: once it returns, nothing in the namespace answers for those addresses.
     fn flush_addresses(&mut self, index: u32) -> Result<(), NetError> {
         let answers = self
             .request(

@@ -223,6 +223,11 @@ pub(crate) fn etcd_scope(etcd: &EtcdConfig) -> (Vec<String>, String) {
     (endpoints, etcd.prefix.clone())
 }
 
+/// [`etcd_scope`] as text, for a node file to say whose it is (its name is only a hash).
+pub(crate) fn etcd_scope_text(etcd: &EtcdConfig) -> String {
+    format!("{:?}", etcd_scope(etcd))
+}
+
 /// `<run_dir>/<dir>/<hash of key>.<ext>`: where the node keeps what its invocations share, one
 /// file per `key` (an etcd cluster, a prefix).
 pub(crate) fn node_file(

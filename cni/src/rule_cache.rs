@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use static_macvlan_allocator::rules::{AllocationRuleSpec, RuleError, RuleSet, RulesFingerprint};
 use static_macvlan_allocator::{EtcdConfig, Mirrored};
 
+use crate::plugin::{etcd_scope_text, node_file};
+
 /// Larger files are not read: 100 rules take about 20 KiB.
 const MAX_CACHE_BYTES: u64 = 16 << 20;
 
@@ -106,12 +108,8 @@ fn build_identity(etcd: &EtcdConfig) -> Option<String> {
         exe.size(),
         exe.mtime(),
         exe.mtime_nsec(),
-        scope(etcd)
+        etcd_scope_text(etcd)
     ))
-}
-
-fn scope(etcd: &EtcdConfig) -> String {
-    format!("etcd {:?} prefix {:?}", etcd.endpoints, etcd.prefix)
 }
 
 /// One file per etcd (endpoints and prefix), so that networks on different prefixes do not take
@@ -119,7 +117,7 @@ fn scope(etcd: &EtcdConfig) -> String {
 /// hash only spreads scopes over file names: the content carries the whole identity, which is
 /// what is checked.
 fn cache_path(run_dir: &Path, etcd: &EtcdConfig) -> PathBuf {
-    crate::plugin::node_file(run_dir, "rules", &scope(etcd), "cache")
+    node_file(run_dir, "rules", &etcd_scope_text(etcd), "cache")
 }
 
 /// The cache's bytes, if it is a regular file of this user that no one else can write.

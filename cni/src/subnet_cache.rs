@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use static_macvlan_allocator::{Allocator, EtcdConfig, LoadedSubnet, StoredSubnet};
 
-use crate::plugin::{etcd_scope, node_file};
+use crate::plugin::{etcd_scope, etcd_scope_text, node_file};
 
 /// What a file holds: the scope it belongs to (its name is only a hash of it) and the subnet.
 #[derive(Serialize, Deserialize)]
@@ -27,10 +27,6 @@ fn path(run_dir: &Path, etcd: &EtcdConfig, name: &str) -> PathBuf {
     node_file(run_dir, "subnets", &(&endpoints, &prefix, name), "json")
 }
 
-fn scope_text(etcd: &EtcdConfig) -> String {
-    format!("{:?}", etcd_scope(etcd))
-}
-
 /// The kept copy of subnet `name`, decoded and validated as a read from etcd would be.
 pub fn load(
     run_dir: &Path,
@@ -40,7 +36,7 @@ pub fn load(
 ) -> Option<LoadedSubnet> {
     let bytes = std::fs::read(path(run_dir, etcd, name)).ok()?;
     let kept: Kept = serde_json::from_slice(&bytes).ok()?;
-    if kept.scope != scope_text(etcd) || kept.subnet.name != name {
+    if kept.scope != etcd_scope_text(etcd) || kept.subnet.name != name {
         return None;
     }
     alloc.decode_subnet(kept.subnet).ok()
@@ -58,7 +54,7 @@ pub fn keep(run_dir: &Path, etcd: &EtcdConfig, stored: &StoredSubnet, kept: Opti
             std::fs::create_dir_all(dir)?;
         }
         let kept = Kept {
-            scope: scope_text(etcd),
+            scope: etcd_scope_text(etcd),
             subnet: stored.clone(),
         };
         let aside = file.with_extension(format!("{}.tmp", std::process::id()));

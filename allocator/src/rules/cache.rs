@@ -217,10 +217,11 @@ pub(crate) fn decode_rule(
     spec: &AllocationRuleSpec,
 ) -> Option<CompiledRule> {
     let mut r = Reader::new(entry);
-    if !r.same_spec(spec)? {
+    let cached = r.spec()?;
+    if cached != *spec {
         return None;
     }
-    let rule = r.rule(name, spec.clone(), None)?;
+    let rule = r.rule(name, cached, None)?;
     r.bytes.is_empty().then_some(rule)
 }
 
@@ -534,69 +535,6 @@ impl<'a> Reader<'a> {
         } else {
             Some(None)
         }
-    }
-
-    fn opt_str_ref(&mut self) -> Option<Option<&'a str>> {
-        if self.flag()? {
-            Some(Some(self.str_ref()?))
-        } else {
-            Some(None)
-        }
-    }
-
-    fn same_str(&mut self, s: &str) -> Option<bool> {
-        Some(self.blob()? == s.as_bytes())
-    }
-
-    fn same_opt_str(&mut self, s: Option<&str>) -> Option<bool> {
-        Some(self.opt_str_ref()? == s)
-    }
-
-    /// Whether the spec written here (see [`Writer::spec`]) equals `spec`, compared in place.
-    /// Reads the whole spec either way (`&`, not `&&`), so that what follows is read from the
-    /// same place whatever the answer.
-    fn same_spec(&mut self, spec: &AllocationRuleSpec) -> Option<bool> {
-        let AllocationRuleSpec {
-            priority,
-            r#match,
-            subnet,
-            subnets,
-            ip,
-            mac,
-            deny,
-            sticky,
-        } = spec;
-        let mut same = self.int()? == i64::from(*priority);
-        same &= self.same_str(r#match)?;
-        same &= self.same_opt_str(subnet.as_deref())?;
-        same &= if self.flag()? {
-            let n = self.len()?;
-            let mut equal = subnets.as_ref().is_some_and(|list| list.len() == n);
-            for i in 0..n {
-                let s = self.str_ref()?;
-                equal &= subnets
-                    .as_ref()
-                    .and_then(|list| list.get(i))
-                    .map(String::as_str)
-                    == Some(s);
-            }
-            equal
-        } else {
-            subnets.is_none()
-        };
-        same &= self.same_opt_str(ip.as_deref())?;
-        same &= self.same_opt_str(mac.as_deref())?;
-        same &= self.same_opt_str(deny.as_ref().map(|d| d.message.as_str()))?;
-        same &= if self.flag()? {
-            let key = self.opt_str_ref()?;
-            let hold = self.uint()?;
-            sticky
-                .as_ref()
-                .is_some_and(|s| s.key.as_deref() == key && u64::from(s.hold_seconds) == hold)
-        } else {
-            sticky.is_none()
-        };
-        Some(same)
     }
 
     /// The spec [`Writer::spec`] wrote.

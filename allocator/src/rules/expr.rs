@@ -293,7 +293,7 @@ impl CompiledExpr {
     }
 
     /// An expression compiled earlier, its program still encoded in `cache[range]` (as
-    /// `cache::encode_tree` wrote it, in a process of this build): decoded when first run.
+    /// `cache::encode` wrote it, in a process of this build): decoded when first run.
     pub(crate) fn encoded(
         cache: Arc<Vec<u8>>,
         range: Range<usize>,
