@@ -51,6 +51,10 @@ pub const MAX_IFNAME_LEN: usize = 15;
 /// Where [`LinkLock`] keeps its lock files by default (tmpfs: stale locks vanish on reboot).
 pub const DEFAULT_LOCK_DIR: &str = "/run/static-macvlan/locks";
 
+/// How long an IPv6 host route waits for the shim's address to be usable (see
+/// `Netlink::shim_source`): without DAD, a work queue's delay; with IPv6 off, never.
+const SHIM_SOURCE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Prefix of the temporary name a pod macvlan has between creation and rename.
 pub const TEMP_NAME_PREFIX: &str = "smv";
 
@@ -1154,29 +1158,13 @@ impl Netlink {
     ///
     /// # Errors
     /// [`NetError::LinkNotFound`] for a missing shim, [`NetError::Netlink`] (also for an IPv6
-    /// route when the shim has no link-local address: IPv6 is disabled on it).
+    /// route when the shim has no usable IPv6 address: IPv6 is disabled on it).
     pub async fn add_host_route(&self, pod_ip: IpAddr, shim_name: &str) -> Result<(), NetError> {
         let shim = self.link_by_name(shim_name).await?;
         let route = Route::on_link(host_prefix(pod_ip));
         let mut msg = route.message(shim.index);
         if pod_ip.is_ipv6() {
-            let source = self
-                .addresses(shim.index)
-                .await?
-                .into_iter()
-                .filter_map(|a| match a.ip() {
-                    IpAddr::V6(ip) => Some(ip),
-                    IpAddr::V4(_) => None,
-                })
-                // An address given to the shim (`ensure_host_shim`) before its link-local one.
-                .min_by_key(Ipv6Addr::is_unicast_link_local)
-                .ok_or_else(|| NetError::Netlink {
-                    op: format!("find the ipv6 link-local address of {shim_name}"),
-                    source: io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "it has none: is ipv6 disabled on it?",
-                    ),
-                })?;
+            let source = self.shim_source(&shim).await?;
             msg.attributes
                 .push(RouteAttribute::PrefSource(RouteAddress::Inet6(source)));
         }
@@ -1187,6 +1175,42 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| netlink_error(format!("add route {route} dev {shim_name}"), e))
+    }
+
+    /// The source of IPv6 routes into `shim`: an address given to it, else its link-local one,
+    /// once usable. The shim skips duplicate address detection, but the kernel still clears
+    /// an address's tentative flag from a work queue after the link comes up, and refuses a
+    /// tentative source (`EINVAL`): right after [`Netlink::ensure_host_shim`] created the
+    /// shim, this waits that moment out.
+    async fn shim_source(&self, shim: &Link) -> Result<Ipv6Addr, NetError> {
+        let start = Instant::now();
+        loop {
+            let usable = self
+                .address_messages(shim.index)
+                .await?
+                .iter()
+                .filter(|m| {
+                    !address_flags(m).intersects(AddressFlags::Tentative | AddressFlags::Dadfailed)
+                })
+                .filter_map(|m| match address_of(m)?.ip() {
+                    IpAddr::V6(ip) => Some(ip),
+                    IpAddr::V4(_) => None,
+                })
+                .min_by_key(Ipv6Addr::is_unicast_link_local);
+            if let Some(ip) = usable {
+                return Ok(ip);
+            }
+            if start.elapsed() >= SHIM_SOURCE_TIMEOUT {
+                return Err(NetError::Netlink {
+                    op: format!("find a usable ipv6 address of {}", shim.name),
+                    source: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("none within {SHIM_SOURCE_TIMEOUT:?}: is ipv6 disabled on it?"),
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Pins the neighbour entry of `pod_ip` on the shim to the pod's MAC. The node must never

@@ -154,3 +154,40 @@ async fn a_shim_name_taken_by_another_link_is_a_conflict() {
     assert!(!h.nl.delete_shim_if_unused("lo").await.unwrap());
     assert!(h.nl.link_exists("lo").await.unwrap());
 }
+
+/// An IPv6 route's source must be usable: the kernel refuses a tentative one (`EINVAL`), and
+/// a shim's link-local address is tentative for a moment after the shim comes up. Here the
+/// moment is stretched: a shim made by hand, with duplicate address detection on (300 ms).
+#[tokio::test]
+async fn an_ipv6_route_waits_for_the_shims_address_to_be_usable() {
+    let lan = Lan::builder().prefix("shimdad").nodes(1).build().unwrap();
+    let node = &lan.node(0).ns;
+    node.ip(&[
+        "link", "add", SHIM, "link", "eth0", "type", "macvlan", "mode", "bridge",
+    ])
+    .unwrap();
+    for setting in [
+        format!("net.ipv6.conf.{SHIM}.accept_dad=1"),
+        format!("net.ipv6.conf.{SHIM}.router_solicitation_delay=0"),
+        format!("net.ipv6.neigh.{SHIM}.retrans_time_ms=300"),
+    ] {
+        let out = node.exec(&["sysctl", "-qw", &setting]).unwrap();
+        assert!(out.status.success(), "{setting}: {out:?}");
+    }
+    node.ip(&["link", "set", SHIM, "up"]).unwrap();
+    let tentative = node
+        .ip(&["-6", "addr", "show", "dev", SHIM, "tentative"])
+        .unwrap();
+    assert!(tentative.contains("fe80::"), "not tentative: {tentative}");
+
+    let h = host(lan.node(0));
+    assert!(!h.nl.ensure_host_shim("eth0", SHIM, &[]).await.unwrap());
+    h.nl.add_host_route(ip("2001:db8:1::11"), SHIM)
+        .await
+        .unwrap();
+    let routes = node.ip(&["-6", "route", "show", "dev", SHIM]).unwrap();
+    assert!(
+        routes.contains("2001:db8:1::11") && routes.contains("src fe80::"),
+        "{routes}"
+    );
+}
